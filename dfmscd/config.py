@@ -1,0 +1,172 @@
+"""One typed configuration for a DF-MSCD run, with named presets.
+
+Every knob of the algorithm lives here so that a run is fully described by one JSON object:
+the service stores the resolved config with each job, the CLI writes it into the report, and
+ablations are a matter of switching fields (``label_bridging``, ``student_adv``,
+``peer_beta``, ``num_generators``) rather than code paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dfmscd.errors import ConfigError
+
+_TEN_YEARS_S = 10 * 365 * 86400
+
+
+class Budget(BaseModel):
+    """How long a run may go: a number of epochs, or wall-clock seconds (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int | None = Field(default=None, ge=1, le=100_000)
+    seconds: float | None = Field(default=None, gt=0, le=30 * 86400)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Budget":
+        if (self.epochs is None) == (self.seconds is None):
+            raise ValueError("budget needs exactly one of 'epochs' or 'seconds'")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        """Parse CLI forms: ``300s``, ``5m``, ``2h``, ``40e`` / ``40epochs``."""
+        t = text.strip().lower()
+        units = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+        try:
+            for suffix in ("epochs", "epoch", "e"):
+                if t.endswith(suffix):
+                    return cls(epochs=int(t[: -len(suffix)]))
+            for suffix in sorted(units, key=len, reverse=True):
+                if t.endswith(suffix):
+                    return cls(seconds=float(t[: -len(suffix)]) * units[suffix])
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"invalid budget {text!r}: {_first_error(exc)}") from None
+        raise ConfigError(
+            f"invalid budget {text!r}: use seconds ('300s', '5m', '2h') or epochs ('40e')"
+        )
+
+
+class DistillConfig(BaseModel):
+    """Hyperparameters of one DF-MSCD run. Field names are the public API (HTTP and CLI)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- synthesis (Fast-DFKD meta-generator) ---
+    synth_batch_size: int = Field(256, ge=2, le=4096, description="images per generator per synthesis step")
+    latent_dim: int = Field(256, ge=4, le=4096)
+    generator_width: int = Field(64, ge=4, le=1024, description="base channel count of the generator")
+    lr_g: float = Field(5e-3, gt=0, le=10)
+    lr_z: float = Field(0.015, gt=0, le=10)
+    inner_steps: int = Field(2, ge=1, le=1000, description="inner steps on the fast generator clone")
+    meta_algorithm: Literal["reptile", "fomaml"] = "reptile"
+    bn: float = Field(10.0, ge=0, le=1e4, description="weight of the BatchNorm-statistics loss")
+    oh: float = Field(0.5, ge=0, le=1e4, description="weight of the one-hot (class) loss")
+    adv: float = Field(1.33, ge=0, le=1e4, description="weight of the teacher-student adversarial loss")
+    bn_momentum: float = Field(0.9, ge=0, lt=1, description="blending of past batches' BN statistics")
+    augment: bool = True
+    reset_first_layer_epoch: int | None = Field(120, ge=1, description="re-initialise the generator's first layer at this epoch")
+    warmup_epochs: int = Field(20, ge=0, le=100_000, description="epochs that only synthesize")
+
+    # --- students (knowledge distillation) ---
+    temperature: float = Field(20.0, gt=0, le=1000)
+    student_optimizer: Literal["sgd", "adam"] = "sgd"
+    lr_s: float = Field(0.2, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    kd_steps: int = Field(400, ge=1, le=100_000, description="student updates per epoch")
+    kd_batch_size: int = Field(256, ge=2, le=4096)
+    epochs: int = Field(220, ge=1, le=100_000, description="epochs when the budget gives none")
+
+    # --- DF-MSCD additions (each switchable for ablations) ---
+    label_bridging: bool = Field(True, description="balanced label queue across synthesis steps")
+    bridge_correction: float = Field(0.5, ge=0, le=1, description="share of labels steered to under-recognised classes")
+    student_adv: float = Field(1.0, ge=0, le=1e4, description="weight of the inter-student disagreement term in the generator loss")
+    peer_beta: float = Field(0.5, ge=0, le=1e4, description="weight of the peer (student-student) KD term")
+    num_generators: int | None = Field(None, ge=1, le=64, description="None: one per student")
+    diversity: float = Field(0.1, ge=0, le=1e4, description="weight of the term keeping generators apart")
+    generator_reset_every: int | None = Field(None, ge=1, description="re-initialise generators every N epochs")
+
+    # --- pool of synthesized images ---
+    pool_capacity: int = Field(60_000, ge=16, le=10_000_000)
+    pool_eviction: Literal["fifo", "reservoir"] = "fifo"
+
+    # --- runtime ---
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    checkpoint_every: int = Field(10, ge=1, le=100_000, description="epochs between checkpoints")
+
+    def single_student_baseline(self) -> "DistillConfig":
+        """The Fast-DFKD baseline: one generator, i.i.d. labels, no peer or inter-student terms."""
+        return self.model_copy(
+            update=dict(label_bridging=False, student_adv=0.0, peer_beta=0.0, num_generators=1, diversity=0.0)
+        )
+
+
+# Presets: `quality` is Fast-DFKD's published CIFAR setting; `balanced` and `fast` shrink the
+# per-epoch work so that small inputs (8x8 digits on a 2-core CPU) finish in minutes / seconds.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quality": {},
+    "balanced": dict(
+        synth_batch_size=128,
+        latent_dim=64,
+        generator_width=32,
+        inner_steps=2,
+        kd_steps=40,
+        kd_batch_size=128,
+        epochs=60,
+        warmup_epochs=4,
+        reset_first_layer_epoch=None,
+        lr_s=0.05,
+        temperature=4.0,
+        pool_capacity=20_000,
+        checkpoint_every=5,
+    ),
+    "fast": dict(
+        synth_batch_size=64,
+        latent_dim=32,
+        generator_width=16,
+        inner_steps=1,
+        kd_steps=10,
+        kd_batch_size=64,
+        epochs=10,
+        warmup_epochs=1,
+        reset_first_layer_epoch=None,
+        lr_s=0.05,
+        temperature=4.0,
+        pool_capacity=4_000,
+        checkpoint_every=2,
+    ),
+}
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        return f"{loc}: {err.get('msg')}"
+    return str(exc)
+
+
+def resolve_config(preset: str = "balanced", overrides: dict[str, Any] | None = None) -> DistillConfig:
+    """Preset values, then user overrides, validated. Raises ConfigError with the first problem."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **(overrides or {})}
+    try:
+        return DistillConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid hyperparameters: {_first_error(exc)}") from None
+    except TypeError as exc:
+        raise ConfigError(f"invalid hyperparameters: {exc}") from None
+
+
+def resolve_budget(config: DistillConfig, budget: Budget | None) -> Budget:
+    """No budget given means the config's epoch count."""
+    return budget if budget is not None else Budget(epochs=config.epochs)
+
+
+__all__ = ["Budget", "DistillConfig", "PRESETS", "resolve_config", "resolve_budget"]

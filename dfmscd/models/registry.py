@@ -1,0 +1,64 @@
+"""A model zoo in the manner of timm: architectures register themselves by name.
+
+``create_model(name, num_classes, in_channels, image_size)`` is the only constructor the rest of
+the code uses, so a model card's ``architecture`` string is all that is needed to rebuild a net.
+Names under ``tv/`` are built from torchvision on demand (no pretrained weights, ever).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from dfmscd.errors import UnknownArchitectureError
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+TV_PREFIX = "tv/"
+
+
+def register_model(fn: ModelFactory) -> ModelFactory:
+    """Decorator: register ``fn`` under its function name."""
+    name = fn.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} registered twice")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def _tv_names() -> list[str]:
+    from dfmscd.models import tv  # late: torchvision import is slow
+
+    return [TV_PREFIX + n for n in tv.classification_models()]
+
+
+def list_models(include_torchvision: bool = True) -> list[str]:
+    names = sorted(_REGISTRY)
+    return names + (_tv_names() if include_torchvision else [])
+
+
+def is_model(name: str) -> bool:
+    if name in _REGISTRY:
+        return True
+    return name.startswith(TV_PREFIX) and name in _tv_names()
+
+
+def create_model(
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs: Any
+) -> nn.Module:
+    if name.startswith(TV_PREFIX):
+        from dfmscd.models import tv
+
+        return tv.create_tv_model(name[len(TV_PREFIX):], num_classes, in_channels, image_size, **kwargs)
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}; run 'dfmscd architectures' for the list"
+        ) from None
+    return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

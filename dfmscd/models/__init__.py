@@ -1,6 +1,7 @@
 """Model zoo: importing this package registers every built-in architecture."""
 
 from dfmscd.models.registry import (
+    check_model_arguments,
     count_parameters,
     create_model,
     is_model,
@@ -9,6 +10,6 @@ from dfmscd.models.registry import (
 )
 
 # Architecture modules register themselves on import.
-from dfmscd.models import resnet_cifar  # noqa: F401,E402
+from dfmscd.models import mobilenetv2, resnet_cifar, shufflenetv2, vgg, wrn  # noqa: F401,E402
 
-__all__ = ["count_parameters", "create_model", "is_model", "list_models", "register_model"]
+__all__ = ["check_model_arguments", "count_parameters", "create_model", "is_model", "list_models", "register_model"]

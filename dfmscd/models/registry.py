@@ -7,11 +7,12 @@ Names under ``tv/`` are built from torchvision on demand (no pretrained weights,
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch.nn as nn
 
-from dfmscd.errors import UnknownArchitectureError
+from dfmscd.errors import ConfigError, UnknownArchitectureError
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -34,6 +35,7 @@ def _tv_names() -> list[str]:
 
 
 def list_models(include_torchvision: bool = True) -> list[str]:
+    """Zoo names (sorted), then the ``tv/`` names this torchvision can build."""
     names = sorted(_REGISTRY)
     return names + (_tv_names() if include_torchvision else [])
 
@@ -47,17 +49,46 @@ def is_model(name: str) -> bool:
 def create_model(
     name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs: Any
 ) -> nn.Module:
+    """Build a freshly initialised model; UnknownArchitectureError / ConfigError on bad input."""
+    check_model_arguments(name, num_classes, in_channels, image_size, **kwargs)
     if name.startswith(TV_PREFIX):
         from dfmscd.models import tv
 
         return tv.create_tv_model(name[len(TV_PREFIX):], num_classes, in_channels, image_size, **kwargs)
+    try:
+        return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    except ValueError as exc:  # the architectures' own range checks (depth, width_mult, ...)
+        raise ConfigError(f"invalid arguments for {name}: {exc}") from None
+
+
+def check_model_arguments(
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs: Any
+) -> None:
+    """Cheap pre-flight for ``create_model`` (no model is built): name, sizes, keyword names."""
+    _check_sizes(name, num_classes, in_channels, image_size)
+    if name.startswith(TV_PREFIX):
+        from dfmscd.models import tv
+
+        tv.check_tv_arguments(name[len(TV_PREFIX):], kwargs)
+        return
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise UnknownArchitectureError(
             f"unknown architecture {name!r}; run 'dfmscd architectures' for the list"
         ) from None
-    return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    try:
+        inspect.signature(factory).bind(num_classes=num_classes, in_channels=in_channels,
+                                        image_size=image_size, **kwargs)
+    except TypeError as exc:  # unknown kwargs, e.g. from a card's arch_kwargs
+        raise ConfigError(f"invalid arguments for {name}: {exc}") from None
+
+
+def _check_sizes(name: str, num_classes: int, in_channels: int, image_size: int) -> None:
+    for label, value, lo, hi in (("num_classes", num_classes, 1, 100_000), ("in_channels", in_channels, 1, 64),
+                                 ("image_size", image_size, 1, 4096)):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"{name}: {label} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,1 @@
+"""The dfmscd web service (FastAPI): teachers in, distillation jobs on Celery, students out."""

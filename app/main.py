@@ -1,0 +1,63 @@
+"""The FastAPI application: ``create_app()`` (uvicorn: ``app.main:create_app --factory``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+import dfmscd
+from app.errors import CatchAllMiddleware, install_error_handlers
+from app.routes import architectures, downloads, events, health, jobs, teachers
+from app.startup import prepare
+
+log = logging.getLogger("dfmscd.api")
+
+DESCRIPTION = """Distill one trained image classifier (the teacher) into several smaller students at
+once, without the teacher's training data (DF-MSCD). Upload a teacher, create a job, follow its
+events, download the students. Every endpoint but the health probes needs
+`Authorization: Bearer <api key>`; errors answer `{"error": {"code", "message"}}`."""
+
+
+def _warm_zoo() -> None:
+    """Import torchvision's model list now rather than inside the first request that needs it."""
+    from dfmscd.models import list_models
+
+    list_models()
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    await run_in_threadpool(prepare)
+    await run_in_threadpool(_warm_zoo)
+    yield
+    await run_in_threadpool(architectures.stop_background)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="dfmscd",
+        version=dfmscd.__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(CatchAllMiddleware)
+    for module in (health, teachers, jobs, events, downloads, architectures):
+        app.include_router(module.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` (as in docker-compose.yml) gets an application built on first use.
+    if name == "app":
+        global _app
+        try:
+            return _app
+        except NameError:
+            _app = create_app()
+            return _app
+    raise AttributeError(name)

@@ -1,0 +1,15 @@
+"""What every process does before serving: data directories, then the schema at head."""
+
+from __future__ import annotations
+
+from app.settings import get_settings
+
+
+def prepare(migrate: bool | None = None) -> None:
+    """Idempotent and safe to run from several processes at once (the upgrade is locked)."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    if settings.migrate_on_start if migrate is None else migrate:
+        from app.migrate import upgrade_head
+
+        upgrade_head(settings.resolved_database_url)

@@ -1,0 +1,42 @@
+"""LocalStorage: atomic writes, recorded sha256, no path escapes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from app.storage import LocalStorage
+
+
+def test_write_is_atomic_and_hashed(tmp_path):
+    st = LocalStorage(tmp_path / "root")
+    obj = st.write("a/b/file.bin", lambda p: p.write_bytes(b"hello"))
+    assert obj.sha256 == hashlib.sha256(b"hello").hexdigest() and obj.size_bytes == 5
+    assert st.open("a/b/file.bin").read() == b"hello" and st.exists("a/b/file.bin")
+
+    def failing(p):
+        p.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        st.write("a/b/file.bin", failing)
+    assert st.open("a/b/file.bin").read() == b"hello"  # the old object is intact
+    assert [p.name for p in (tmp_path / "root" / "a" / "b").iterdir()] == ["file.bin"]  # no temp left
+
+
+def test_put_file_moves_and_hashes(tmp_path):
+    st = LocalStorage(tmp_path / "root")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    obj = st.put_file("t/1.bin", src)
+    assert not src.exists() and obj.sha256 == hashlib.sha256(b"x" * 1000).hexdigest()
+    st.delete_prefix("t")
+    assert not st.exists("t/1.bin")
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs/path", "a/../../b", "", "a//b", "./x"])
+def test_keys_cannot_escape_the_root(tmp_path, key):
+    st = LocalStorage(tmp_path / "root")
+    with pytest.raises(ValueError):
+        st.write(key, lambda p: p.write_bytes(b"1"))

@@ -1,0 +1,111 @@
+"""Upload → job → real Celery worker (Redis + PostgreSQL) → succeeded → download → predicts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from service_kit import TINY_HYPERPARAMETERS, job_body, wait_for
+
+from dfmscd.io import load_model
+
+
+def poll_job(client, auth, job_id: str, statuses: tuple[str, ...], timeout: float = 240) -> dict:
+    def check():
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+        return job if job["status"] in statuses else None
+
+    return wait_for(check, timeout, interval=0.25, what=f"job {job_id} to reach {statuses}")
+
+
+def test_distillation_end_to_end(client, auth, teacher, teacher_file, celery_worker, tmp_path):
+    body = job_body(teacher["id"], students=[{"architecture": "resnet8", "name": "small"}],
+                    preset="fast", budget={"epochs": 2})
+    created = client.post("/v1/jobs", headers=auth, json=body)
+    assert created.status_code == 202, created.text
+    jid = created.json()["id"]
+    job = poll_job(client, auth, jid, ("succeeded", "failed", "cancelled"))
+    assert job["status"] == "succeeded", (job["error"], celery_worker.log())
+    assert job["progress"] == 1.0 and job["attempts"] == 1 and job["epoch"] == 2
+    assert job["report"]["epochs_completed"] == 2
+    student = job["students"][0]
+    assert student["status"] == "succeeded" and student["partial"] is False and student["parameters"] > 0
+
+    r = client.get(f"/v1/jobs/{jid}/students/small/weights", headers=auth)
+    assert r.status_code == 200
+    assert hashlib.sha256(r.content).hexdigest() == student["sha256"] == r.headers["etag"].strip('"')
+    path = tmp_path / "small.safetensors"
+    path.write_bytes(r.content)
+    module, card = load_model(path)
+    assert card.input_shape == (1, 8, 8) and card.num_classes == 10
+    logits = module(torch.randn(5, 1, 8, 8))
+    assert logits.shape == (5, 10) and torch.isfinite(logits).all()
+
+    events = client.get(f"/v1/jobs/{jid}/events?limit=1000", headers=auth).json()["data"]
+    kinds = [e["kind"] for e in events]
+    assert {"log", "progress", "metrics", "checkpoint"} <= set(kinds)
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["data"]["message"] == "job succeeded"
+    png = client.get(f"/v1/jobs/{jid}/samples.png", headers=auth)
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    # the checkpoint scratch space is freed once the job is done
+    from app.settings import get_settings
+
+    assert not get_settings().job_dir(jid).exists()
+
+
+def test_cancel_while_running_keeps_partial_students(client, auth, teacher, celery_worker, tmp_path):
+    body = job_body(teacher["id"], hyperparameters=TINY_HYPERPARAMETERS, budget={"epochs": 10000})
+    jid = client.post("/v1/jobs", headers=auth, json=body).json()["id"]
+    wait_for(lambda: client.get(f"/v1/jobs/{jid}", headers=auth).json()["epoch"] >= 2, 180, 0.25,
+             what="the job to run two epochs")
+    r = client.post(f"/v1/jobs/{jid}/cancel", headers=auth)
+    assert r.status_code == 202 and r.json()["status"] in ("cancelling", "cancelled")
+    job = poll_job(client, auth, jid, ("succeeded", "failed", "cancelled"), timeout=60)
+    assert job["status"] == "cancelled", (job["error"], celery_worker.log())
+    assert job["progress"] < 1.0
+    student = job["students"][0]
+    assert student["status"] == "cancelled" and student["partial"] is True and student["sha256"]
+    data = client.get(f"/v1/jobs/{jid}/students/resnet8/weights", headers=auth).content
+    (tmp_path / "p.safetensors").write_bytes(data)
+    module, _ = load_model(tmp_path / "p.safetensors")
+    assert module(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_redelivered_message_for_a_finished_job_does_nothing(client, auth, teacher, celery_worker):
+    from app.queue import enqueue_job
+
+    jid = client.post("/v1/jobs", headers=auth, json=job_body(
+        teacher["id"], hyperparameters=TINY_HYPERPARAMETERS, budget={"epochs": 1})).json()["id"]
+    done = poll_job(client, auth, jid, ("succeeded", "failed", "cancelled"))
+    assert done["status"] == "succeeded", done["error"]
+    enqueue_job(jid)  # a duplicate message, as after a broker redelivery
+    wait_for(lambda: celery_worker.log().count(f"job {jid}: not claimable") >= 1, 60, 0.25,
+             what="the worker to ignore the duplicate")
+    after = client.get(f"/v1/jobs/{jid}", headers=auth).json()
+    assert after["attempts"] == 1 and after["updated_at"] == done["updated_at"]
+    assert json.dumps(after["students"]) == json.dumps(done["students"])
+
+
+def test_a_failing_job_ends_failed_with_a_reason_and_the_worker_goes_on(client, auth, teacher_file, celery_worker):
+    from service_kit import upload_teacher
+
+    from app.settings import get_settings
+
+    broken = upload_teacher(client, auth, teacher_file).json()
+    for f in (get_settings().storage_dir / "teachers" / broken["id"]).iterdir():
+        f.unlink()  # the teacher's weights vanish from storage
+    bad = client.post("/v1/jobs", headers=auth, json=job_body(broken["id"], hyperparameters=TINY_HYPERPARAMETERS,
+                                                              budget={"epochs": 1})).json()["id"]
+    job = poll_job(client, auth, bad, ("succeeded", "failed", "cancelled"))
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "teacher_missing" and "missing" in job["error"]["message"]
+    assert all(s["status"] == "failed" for s in job["students"]) and job["finished_at"]
+    events = client.get(f"/v1/jobs/{bad}/events", headers=auth).json()["data"]
+    assert events[-1]["data"]["code"] == "teacher_missing"
+
+    good = upload_teacher(client, auth, teacher_file).json()
+    ok = client.post("/v1/jobs", headers=auth, json=job_body(good["id"], hyperparameters=TINY_HYPERPARAMETERS,
+                                                             budget={"epochs": 1})).json()["id"]
+    assert poll_job(client, auth, ok, ("succeeded", "failed", "cancelled"))["status"] == "succeeded"

@@ -1,0 +1,69 @@
+"""A worker killed mid-job (SIGKILL, whole process group): a new worker resumes from the checkpoint."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import torch
+from service_kit import TINY_HYPERPARAMETERS, job_body, wait_for
+from worker_kit import WorkerProcess
+
+from app.settings import get_settings
+from dfmscd.io import load_model
+
+
+@pytest.fixture
+def queues(service, monkeypatch):
+    """The API sends to queue A (the worker we kill); the rescuer listens on B, where its orphan
+    sweep re-sends. Both start together, so the test pays one worker start-up, not two."""
+    a, b = f"recovery-a-{secrets.token_hex(4)}", f"recovery-b-{secrets.token_hex(4)}"
+    monkeypatch.setenv("DFMSCD_QUEUE_NAME", a)
+    get_settings.cache_clear()
+    yield {**service, "DFMSCD_QUEUE_NAME": a}, {**service, "DFMSCD_QUEUE_NAME": b}
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def test_killed_worker_job_resumes_from_checkpoint_and_succeeds(client, auth, teacher, queues, tmp_path):
+    env_a, env_b = queues
+    first = WorkerProcess(env_a, tmp_path / "first.log").launch()
+    rescuer = WorkerProcess(env_b, tmp_path / "rescuer.log").launch()
+    try:
+        first.wait_ready()
+        rescuer.wait_ready()
+        body = job_body(teacher["id"], hyperparameters=TINY_HYPERPARAMETERS, budget={"epochs": 12})
+        jid = client.post("/v1/jobs", headers=auth, json=body).json()["id"]
+
+        def checkpointed():
+            events = client.get(f"/v1/jobs/{jid}/events?limit=1000", headers=auth).json()["data"]
+            return [e for e in events if e["kind"] == "checkpoint" and e["epoch"] >= 2]
+
+        try:
+            wait_for(checkpointed, 180, 0.1, what="a checkpoint at epoch >= 2")
+            job = client.get(f"/v1/jobs/{jid}", headers=auth).json()
+            assert job["status"] == "running" and job["attempts"] == 1, job
+        finally:
+            first.kill_all()  # SIGKILL: main process and the job's child, mid-run
+
+        def finished():
+            j = client.get(f"/v1/jobs/{jid}", headers=auth).json()
+            return j if j["status"] in ("succeeded", "failed", "cancelled") else None
+
+        job = wait_for(finished, 240, 0.25, what="the resumed job to finish")
+    finally:
+        first.stop()
+        rescuer.stop()
+    assert job["status"] == "succeeded", (job["error"], rescuer.log())
+    assert job["attempts"] == 2 and job["epoch"] == 12
+    # resumed by the rescuer, or by another worker of this test session whose sweep saw it first
+    assert first.log().count(f"job {jid}: claimed") == 1
+    events = client.get(f"/v1/jobs/{jid}/events?limit=1000", headers=auth).json()["data"]
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))  # one writer at a time
+    resumed = [e for e in events if e["kind"] == "log" and e["data"]["message"].startswith("resumed from")]
+    assert len(resumed) == 1 and resumed[0]["epoch"] >= 2
+    assert job["report"]["resumed_from_epoch"] == resumed[0]["epoch"]
+    data = client.get(f"/v1/jobs/{jid}/students/resnet8/weights", headers=auth).content
+    (tmp_path / "r.safetensors").write_bytes(data)
+    module, _ = load_model(tmp_path / "r.safetensors")
+    assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

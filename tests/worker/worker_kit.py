@@ -1,0 +1,72 @@
+"""A real ``celery worker`` in its own process group (so a test can SIGKILL all of it)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from service_kit import ROOT, wait_for
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> "WorkerProcess":
+        name = f"test-{secrets.token_hex(3)}@%h"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", self.env.get("DFMSCD_QUEUE_NAME", "distill"),
+             "--concurrency", "1", "--loglevel", "INFO", "-n", name,
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 180) -> "WorkerProcess":
+        assert self.proc is not None
+        wait_for(lambda: self.proc.poll() is not None or b" ready." in self.log_path.read_bytes(), timeout,
+                 interval=0.2, what="celery worker ready")
+        assert self.proc.poll() is None, self.log()
+        return self
+
+    def start(self, timeout: float = 180) -> "WorkerProcess":
+        return self.launch().wait_ready(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def kill_all(self) -> None:
+        """SIGKILL the whole worker (main process and the job's child): a crashed machine."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(service: dict[str, str], client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(service, tmp_path_factory.mktemp("worker") / "worker.log").start()
+    try:
+        yield w
+    finally:
+        w.stop()

@@ -59,6 +59,7 @@ class DistillConfig(BaseModel):
     synth_batch_size: int = Field(256, ge=2, le=4096, description="images per generator per synthesis step")
     latent_dim: int = Field(256, ge=4, le=4096)
     generator_width: int = Field(64, ge=4, le=1024, description="base channel count of the generator")
+    conditional_generator: bool = Field(True, description="add a learned embedding of the requested label to z (Fast-DFKD: off)")
     lr_g: float = Field(5e-3, gt=0, le=10)
     lr_z: float = Field(0.015, gt=0, le=10)
     inner_steps: int = Field(2, ge=1, le=1000, description="inner steps on the fast generator clone")
@@ -68,6 +69,7 @@ class DistillConfig(BaseModel):
     adv: float = Field(1.33, ge=0, le=1e4, description="weight of the teacher-student adversarial loss")
     bn_momentum: float = Field(0.9, ge=0, lt=1, description="blending of past batches' BN statistics")
     augment: bool = True
+    augment_flip: bool | None = Field(None, description="random horizontal flips in augmentation; None: only for 3-channel inputs")
     reset_first_layer_epoch: int | None = Field(120, ge=1, description="re-initialise the generator's first layer at this epoch")
     warmup_epochs: int = Field(20, ge=0, le=100_000, description="epochs that only synthesize")
 
@@ -102,7 +104,14 @@ class DistillConfig(BaseModel):
     def single_student_baseline(self) -> "DistillConfig":
         """The Fast-DFKD baseline: one generator, i.i.d. labels, no peer or inter-student terms."""
         return self.model_copy(
-            update=dict(label_bridging=False, student_adv=0.0, peer_beta=0.0, num_generators=1, diversity=0.0)
+            update=dict(
+                label_bridging=False,
+                student_adv=0.0,
+                peer_beta=0.0,
+                num_generators=1,
+                diversity=0.0,
+                conditional_generator=False,
+            )
         )
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks on real data (not tests): run ``uv run python benchmarks/digits.py``."""

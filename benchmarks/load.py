@@ -1,0 +1,341 @@
+"""Load figures for the API (a script, not a test): many pollers, then concurrent uploads.
+
+    uv run python benchmarks/load.py --mode embedded        # `dfmscd serve` on SQLite
+    uv run python benchmarks/load.py --mode pg               # uvicorn + celery on PostgreSQL/Redis
+    uv run python benchmarks/load.py --mode both --clients 200 --seconds 60 --uploads 20
+
+Each mode starts its own server on a free 127.0.0.1 port with a temporary DATA_DIR (pg: a fresh
+database on the local PostgreSQL, dropped afterwards, and a unique Redis key prefix), creates an
+API key, uploads a teacher and queues a few tiny jobs that the worker runs meanwhile. Then
+``--clients`` asyncio clients each loop over GET job / list jobs / list teachers for
+``--seconds`` (every request bounded by a timeout, every loop by the deadline), and report
+requests, errors (any non-2xx or exception), latency p50/p99 and requests/s. Finally
+``--uploads`` different teachers are uploaded at once and each one's sha256 is checked three
+ways: the response, a GET of the teacher, and the stored file on disk. The request-rate limit is
+raised for the run (the pollers share one key). Only 127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("DFMSCD_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("DFMSCD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+CARD = {"architecture": "resnet8", "num_classes": 10, "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.25]}
+TINY = dict(synth_batch_size=16, kd_batch_size=16, kd_steps=2, latent_dim=8, generator_width=8,
+            pool_capacity=256, checkpoint_every=1, device="cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process in KiB (psutil-free: /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# --------------------------------------------------------------------------- servers
+@dataclass
+class Server:
+    """A running API (and worker) started by this script; ``api_pid`` is the API process."""
+
+    base_url: str
+    key: str
+    data_dir: Path
+    api_pid: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    cleanup: list[Any] = field(default_factory=list)
+    log_paths: list[Path] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for fn in reversed(self.cleanup):
+            fn()
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFMSCD_")}
+    env.update({"DFMSCD_DATA_DIR": str(data_dir), "DFMSCD_TORCH_THREADS": "1", "PYTHONPATH": str(ROOT),
+                "DFMSCD_RATE_LIMIT_PER_MINUTE": "10000000"})
+    env.update(extra)
+    return env
+
+
+def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(base_url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def start_embedded(**settings: str) -> Server:
+    """``dfmscd serve`` (API in this child process, its own worker as a grandchild)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="dfmscd-load-"))
+    port = free_port()
+    log = data_dir / "serve.log"
+    env = _env(data_dir, **settings)
+    proc = subprocess.Popen([sys.executable, "-m", "dfmscd", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", "", data_dir, proc.pid, [proc], log_paths=[log])
+    server.cleanup.append(lambda: subprocess.run(["rm", "-rf", str(data_dir)], check=False))
+    try:
+        _wait_ready(server.base_url, proc, log)
+        key = next((ln.strip() for ln in log.read_text().splitlines() if ln.strip().startswith("dfk_")), "")
+        if not key:
+            raise RuntimeError("dfmscd serve printed no API key")
+        server.key = key
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_pg_redis(**settings: str) -> Server:
+    """uvicorn + one celery worker on a fresh PostgreSQL database and a unique Redis prefix."""
+    from sqlalchemy import create_engine, text
+
+    data_dir = Path(tempfile.mkdtemp(prefix="dfmscd-load-pg-"))
+    name = f"dfmscd_load_{secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    prefix = f"dfmscd-load-{secrets.token_hex(4)}:"
+
+    def drop() -> None:
+        import redis
+
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        r = redis.Redis.from_url(REDIS_URL)
+        keys = list(r.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            r.delete(*keys)
+        r.close()
+        subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+
+    env = _env(data_dir, DFMSCD_DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}",
+               DFMSCD_BROKER_URL=REDIS_URL, DFMSCD_BROKER_KEY_PREFIX=prefix, **settings)
+    port = free_port()
+    api_log, worker_log = data_dir / "api.log", data_dir / "worker.log"
+    server = Server(f"http://127.0.0.1:{port}", "", data_dir, 0, cleanup=[drop], log_paths=[api_log, worker_log])
+    try:
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"],
+            env=env, cwd=ROOT, stdout=open(api_log, "wb"), stderr=subprocess.STDOUT)
+        server.procs.append(api)
+        server.api_pid = api.pid
+        _wait_ready(server.base_url, api, api_log)  # migrations ran in its lifespan
+        from app.cli import worker_command
+
+        server.procs.insert(0, subprocess.Popen(worker_command(), env=env, cwd=ROOT, stdout=open(worker_log, "wb"),
+                                                stderr=subprocess.STDOUT))
+        out = subprocess.run([sys.executable, "-m", "dfmscd", "keys", "create", "--name", "load"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120, check=True)
+        server.key = out.stdout.strip().splitlines()[-1]
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+# --------------------------------------------------------------------------- workload
+def make_teacher(path: Path, seed: int) -> str:
+    """A small resnet8 teacher (1x8x8) with non-trivial BN statistics; returns its sha256."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dfmscd.models import create_model
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = create_model("resnet8", num_classes=10, in_channels=1, image_size=8).train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(32, 1, 8, 8, generator=g) * 0.25 + 0.5)
+    save_file({k: v.contiguous() for k, v in model.eval().state_dict().items()}, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+async def _poller(client: httpx.AsyncClient, urls: list[str], deadline: float, max_requests: int,
+                  latencies: list[float], errors: list[str], offset: int) -> None:
+    for i in range(max_requests):
+        if time.monotonic() >= deadline:
+            return
+        url = urls[(offset + i) % len(urls)]
+        t0 = time.perf_counter()
+        try:
+            r = await client.get(url)
+            ok = r.status_code == 200
+            if not ok:
+                errors.append(f"{r.status_code} {url} {r.text[:200]}")
+        except httpx.HTTPError as exc:
+            errors.append(f"{type(exc).__name__} {url}")
+        latencies.append(time.perf_counter() - t0)
+
+
+async def poll_load(server: Server, job_ids: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {server.key}"}
+    urls = [f"/v1/jobs/{j}" for j in job_ids] + ["/v1/jobs?limit=20", "/v1/teachers?limit=20"]
+    latencies: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, limits=limits,
+                                 timeout=httpx.Timeout(30.0)) as client:
+        started = time.monotonic()
+        deadline = started + seconds
+        await asyncio.gather(*(_poller(client, urls, deadline, 100_000, latencies, errors, i)
+                               for i in range(clients)))
+        elapsed = time.monotonic() - started
+    lat = sorted(latencies)
+    return {
+        "clients": clients, "seconds": round(elapsed, 1), "requests": len(lat), "errors": len(errors),
+        "error_samples": errors[:5], "req_per_s": round(len(lat) / elapsed, 1),
+        "p50_ms": round(percentile(lat, 0.50) * 1000, 1), "p99_ms": round(percentile(lat, 0.99) * 1000, 1),
+        "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+    }
+
+
+async def concurrent_uploads(server: Server, n: int, workdir: Path) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {server.key}"}
+    files = []
+    for i in range(n):
+        path = workdir / f"teacher-{i}.safetensors"
+        files.append((path, make_teacher(path, 100 + i)))
+
+    async def one(client: httpx.AsyncClient, path: Path) -> httpx.Response:
+        with open(path, "rb") as fh:
+            return await client.post("/v1/teachers", files={"file": (path.name, fh, "application/octet-stream")},
+                                     data={"card": json.dumps(CARD)})
+
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=httpx.Timeout(120.0)) as client:
+        t0 = time.monotonic()
+        responses = await asyncio.gather(*(one(client, p) for p, _ in files), return_exceptions=True)
+        elapsed = time.monotonic() - t0
+        ok = mismatched = 0
+        problems: list[str] = []
+        for (path, digest), r in zip(files, responses):
+            if isinstance(r, BaseException) or r.status_code != 201:
+                problems.append(f"{path.name}: {r if isinstance(r, BaseException) else r.status_code}")
+                continue
+            body = r.json()
+            again = (await client.get(f"/v1/teachers/{body['id']}")).json()
+            stored = next((server.data_dir / "storage" / "teachers" / body["id"]).glob("weights.*"), None)
+            on_disk = hashlib.sha256(stored.read_bytes()).hexdigest() if stored else None
+            if body["sha256"] == digest == again["sha256"] == on_disk and body["size_bytes"] == path.stat().st_size:
+                ok += 1
+            else:
+                mismatched += 1
+                problems.append(f"{path.name}: sha256 mismatch")
+    return {"uploads": n, "verified": ok, "mismatched": mismatched, "failed": n - ok - mismatched,
+            "seconds": round(elapsed, 1), "problems": problems[:5]}
+
+
+def setup_jobs(server: Server, workdir: Path, n_jobs: int) -> list[str]:
+    headers = {"Authorization": f"Bearer {server.key}"}
+    path = workdir / "poll-teacher.safetensors"
+    make_teacher(path, 7)
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as c, open(path, "rb") as fh:
+        r = c.post("/v1/teachers", files={"file": (path.name, fh, "application/octet-stream")},
+                   data={"card": json.dumps(CARD)})
+        r.raise_for_status()
+        tid = r.json()["id"]
+        ids = []
+        for _ in range(n_jobs):
+            body = {"teacher_id": tid, "students": [{"architecture": "resnet8"}], "preset": "fast",
+                    "budget": {"epochs": 2}, "hyperparameters": TINY}
+            r = c.post("/v1/jobs", json=body)
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+    return ids
+
+
+def run_mode(mode: str, clients: int, seconds: float, uploads: int) -> dict[str, Any]:
+    server = start_embedded() if mode == "embedded" else start_pg_redis()
+    try:
+        with tempfile.TemporaryDirectory(prefix="dfmscd-load-files-") as tmp:
+            work = Path(tmp)
+            job_ids = setup_jobs(server, work, 5)
+            load_before = load_average()
+            rss_before = rss_kib(server.api_pid)
+            polling = asyncio.run(poll_load(server, job_ids, clients, seconds))
+            polling["load_average_before"], polling["load_average_after"] = load_before, load_average()
+            polling["api_rss_mib_before_after"] = [round(rss_before / 1024), round(rss_kib(server.api_pid) / 1024)]
+            up = asyncio.run(concurrent_uploads(server, uploads, work))
+            with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"}) as c:
+                statuses = [c.get(f"/v1/jobs/{j}").json()["status"] for j in job_ids]
+        return {"mode": mode, "polling": polling, "uploads": up, "job_statuses_after": statuses}
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=["embedded", "pg", "both"], default="both")
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--uploads", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    modes = ["embedded", "pg"] if args.mode == "both" else [args.mode]
+    results = [run_mode(m, args.clients, args.seconds, args.uploads) for m in modes]
+    text = json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    bad = any(r["polling"]["errors"] or r["uploads"]["verified"] != args.uploads for r in results)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

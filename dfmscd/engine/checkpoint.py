@@ -1,0 +1,79 @@
+"""Run checkpoints: written atomically, read back as data only (``weights_only=True``).
+
+A checkpoint holds only tensors and primitive containers (dicts, lists, numbers, strings), so
+loading one can never run code. It carries a fingerprint of the run (config, budget, students,
+teacher card and weights) so that resuming against a different setup fails loudly instead of
+silently mixing two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from dfmscd.errors import CheckpointError
+
+FORMAT = "dfmscd-run-checkpoint/1"
+# Fields that may differ between the interrupted and the resuming run without changing results.
+_FINGERPRINT_EXCLUDED = ("checkpoint_every", "device")
+
+
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 over a module's state (names, shapes, bytes): identifies the teacher."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def run_fingerprint(config: dict[str, Any], budget: dict[str, Any], students: list[dict], card: dict, teacher_digest: str) -> str:
+    config = {k: v for k, v in config.items() if k not in _FINGERPRINT_EXCLUDED}
+    blob = json.dumps(
+        {"config": config, "budget": budget, "students": students, "card": card, "teacher": teacher_digest},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """torch.save to a temp file in the same directory, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, fingerprint: str) -> dict[str, Any]:
+    """Read a checkpoint as data; CheckpointError if unreadable, foreign or from another run."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the user's bad file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read run checkpoint {path}: {reason[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dfmscd run checkpoint")
+    if state.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"run checkpoint {path} was written for a different run (config, budget, students or "
+            "teacher differ); remove it or choose another checkpoint path"
+        )
+    return state

@@ -1,0 +1,72 @@
+"""Device choice, seeding, and RNG state as plain tensors/lists (checkpoint-safe)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfmscd.errors import CheckpointError, ConfigError
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; an unavailable CUDA device is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec!r} requested but CUDA is not available on this machine")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {spec!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """RNG states of python, numpy, torch CPU (and CUDA when used) as tensors and lists only."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    try:
+        py = state["python"]
+        random.setstate((int(py["version"]), tuple(int(v) for v in py["internal"]), py["gauss"]))
+        npst = state["numpy"]
+        np.random.set_state(
+            (
+                npst["kind"],
+                npst["keys"].numpy().astype(np.uint32),
+                int(npst["pos"]),
+                int(npst["has_gauss"]),
+                float(npst["cached"]),
+            )
+        )
+        torch.set_rng_state(state["torch"])
+        if device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint has an unreadable RNG state: {exc}") from None

@@ -1,0 +1,8 @@
+"""``benchmarks`` is a folder of scripts, not an installed package: make it importable."""
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)

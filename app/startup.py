@@ -9,6 +9,10 @@ def prepare(migrate: bool | None = None) -> None:
     """Idempotent and safe to run from several processes at once (the upgrade is locked)."""
     settings = get_settings()
     settings.ensure_dirs()
+    from app.storage import remove_stale_temp_files
+
+    # What a crashed API or worker left half-written is never a stored object: drop it.
+    remove_stale_temp_files([settings.tmp_dir, settings.storage_dir], settings.stale_temp_seconds)
     if settings.migrate_on_start if migrate is None else migrate:
         from app.migrate import upgrade_head
 

@@ -143,6 +143,35 @@ class LocalStorage:
         return self._path(key)
 
 
+def _is_temp_name(name: str) -> bool:
+    """Names only an interrupted atomic write leaves: ``.tmp-*`` (here) and ``.<name>.*.tmp`` (dfmscd.io)."""
+    return name.startswith(".tmp-") or (name.startswith(".") and name.endswith(".tmp")) or (
+        name.startswith("upload-") and name.endswith(".part")
+    )
+
+
+def remove_stale_temp_files(roots: list[Path], older_than_s: float) -> list[Path]:
+    """Delete temp files that a killed process left behind (an upload cut off by an API crash,
+    a student write cut off by a worker crash). Only files untouched for ``older_than_s`` go:
+    a live write keeps its file's mtime fresh, so a process starting beside a running one never
+    removes a write in progress. Returns what was removed."""
+    import time
+
+    cutoff = time.time() - older_than_s
+    removed: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink() and _is_temp_name(path.name) and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # another process finished or removed it meanwhile
+                continue
+    return removed
+
+
 def get_storage() -> Storage:
     from app.settings import get_settings
 

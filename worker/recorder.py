@@ -84,7 +84,7 @@ class EventRecorder:
         seq_before = self.seq
         try:
             with self.sessions() as session:
-                if job_values:
+                if job_values is not None:  # conditional on the lease: only the owner writes events
                     self._job_update(session, **job_values)
                 self._insert(session, kind, epoch, progress, data)
                 if kind == "metrics":
@@ -100,7 +100,7 @@ class EventRecorder:
             log.warning("job %s: could not record %s event: %s", self.job_id, kind, str(exc).splitlines()[0])
 
     def log(self, message: str, **data: Any) -> None:
-        self.write("log", self.last_epoch, self.last_progress, {"message": message, **data})
+        self.write("log", self.last_epoch, self.last_progress, {"message": message, **data}, {})
 
     # --- the Distiller callback ---
     def __call__(self, event: Any) -> None:

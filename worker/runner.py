@@ -8,7 +8,9 @@ job's outcome is conditional on still holding the lease.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
+import os
 import shutil
 import threading
 import time
@@ -16,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +26,8 @@ from app.db import session_factory
 from app.models import Job, JobStudent, Teacher, utcnow
 from app.settings import Settings, get_settings
 from app.storage import Storage, get_storage
+from worker.faults import ENV_VAR as FAULT_ENV_VAR
+from worker.faults import fault_callback
 from worker.lease import claim, new_lease_owner, renew, still_owner
 from worker.recorder import EventRecorder, LeaseLost, _jsonable
 
@@ -189,9 +193,14 @@ class JobRun:
         job_dir.mkdir(parents=True, exist_ok=True)
         if status_at_start == "cancelling":
             recorder.log("cancel requested before this attempt started")
+        callbacks: list[Callable[[Any], None]] = [recorder]
+        injected = fault_callback(self.job_id, self.settings.data_dir)  # tests only; None unless configured
+        if injected is not None:
+            recorder.log("fault injection active for this attempt", fault=os.environ.get(FAULT_ENV_VAR, ""))
+            callbacks.append(injected)
         distiller = Distiller(
             teacher_model, card, specs, config, budget,
-            callbacks=[recorder], should_cancel=should_cancel, checkpoint_path=job_dir / "checkpoint.pt",
+            callbacks=callbacks, should_cancel=should_cancel, checkpoint_path=job_dir / "checkpoint.pt",
         )
         result = distiller.run(resume=True)
         recorder.flush()
@@ -235,6 +244,18 @@ class JobRun:
         return final_status
 
 
+def _free_accelerator_memory() -> None:
+    """After a failed run (an OOM above all) give the memory back before anything else runs."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort; the child process exits after the job anyway
+        log.warning("could not release accelerator memory", exc_info=True)
+
+
 def run_job(job_id: str) -> str:
     """Entry point of the task: claim, run, record. Returns what happened (for the worker log)."""
     settings = get_settings()
@@ -244,15 +265,20 @@ def run_job(job_id: str) -> str:
         if not claim(s, job_id, owner, settings.lease_seconds):
             log.info("job %s: not claimable (finished, running elsewhere, or unknown); message ignored", job_id)
             return "skipped"
-    log.info("job %s: claimed by %s", job_id, owner)
+    with sessions() as s:
+        attempt = s.scalar(select(Job.attempts).where(Job.id == job_id))
+    log.info("job %s: claimed by %s (attempt %s)", job_id, owner, attempt)
     hb = Heartbeat(sessions, job_id, owner, settings)
     hb.start()
     run = JobRun(job_id, owner, settings, get_storage(), sessions)
     outcome = "failed"
     try:
         recorder = EventRecorder(sessions, job_id, owner)
+        # The attempt record: with every event written only under the lease, the claims in a
+        # job's events never interleave with another attempt's events (at most one runner).
         cancel = CancelPoll(sessions, job_id, owner, settings.cancel_poll_seconds, hb)
         try:
+            recorder.log(f"attempt {attempt} started", attempt=attempt)
             outcome = run.execute(recorder, cancel)
         except LeaseLost:
             run.discard_files()
@@ -279,3 +305,4 @@ def run_job(job_id: str) -> str:
         return outcome
     finally:
         hb.stop()
+        _free_accelerator_memory()

@@ -40,3 +40,26 @@ def test_keys_cannot_escape_the_root(tmp_path, key):
     st = LocalStorage(tmp_path / "root")
     with pytest.raises(ValueError):
         st.write(key, lambda p: p.write_bytes(b"1"))
+
+
+def test_stale_temp_files_are_removed_and_fresh_ones_and_objects_kept(tmp_path):
+    import os
+    import time
+
+    from app.storage import remove_stale_temp_files
+
+    st = LocalStorage(tmp_path / "root")
+    kept = st.write("teachers/t1/weights.safetensors", lambda p: p.write_bytes(b"w"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stale = [tmp / "upload-abc.part", st.root / "teachers" / "t1" / ".tmp-x1", st.root / "jobs" / "j" / "..tmp-y.z.tmp"]
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+        old = time.time() - 3600
+        os.utime(p, (old, old))
+    fresh = tmp / "upload-live.part"
+    fresh.write_bytes(b"still being written")
+    removed = remove_stale_temp_files([tmp, st.root], older_than_s=600)
+    assert sorted(removed) == sorted(stale)
+    assert fresh.exists() and st.open(kept.key).read() == b"w"

@@ -312,7 +312,8 @@ def run_mode(mode: str, clients: int, seconds: float, uploads: int) -> dict[str,
             polling["load_average_before"], polling["load_average_after"] = load_before, load_average()
             polling["api_rss_mib_before_after"] = [round(rss_before / 1024), round(rss_kib(server.api_pid) / 1024)]
             up = asyncio.run(concurrent_uploads(server, uploads, work))
-            with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"}) as c:
+            with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"},
+                              timeout=60) as c:
                 statuses = [c.get(f"/v1/jobs/{j}").json()["status"] for j in job_ids]
         return {"mode": mode, "polling": polling, "uploads": up, "job_statuses_after": statuses}
     finally:
@@ -328,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     modes = ["embedded", "pg"] if args.mode == "both" else [args.mode]
-    results = [run_mode(m, args.clients, args.seconds, args.uploads) for m in modes]
+    results = []
+    for m in modes:
+        results.append(run_mode(m, args.clients, args.seconds, args.uploads))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # each mode as soon as it is done
     text = json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2)
     print(text)
     if args.out:

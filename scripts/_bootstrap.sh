@@ -8,4 +8,6 @@ if ! python3 -m uv --version >/dev/null 2>&1; then
 fi
 UV="python3 -m uv"
 export UV_PYTHON_DOWNLOADS=never
+# Byte-compile on first import: without .pyc files every process re-compiles torch (10-20 s each).
+unset PYTHONDONTWRITEBYTECODE
 $UV sync --frozen --quiet

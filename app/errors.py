@@ -79,6 +79,18 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return f"{where} {field}: {msg}{more}" if field else f"{where}: {msg}{more}"
 
 
+_FASTAPI_PARSE_FAILURE = "There was an error parsing the body"
+
+
+def _describe_parse_failure(cause: BaseException | None) -> str:
+    """FastAPI answers any non-JSONDecodeError failure to read a JSON body with one vague line."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply to parse"
+    return "request body could not be parsed as JSON"
+
+
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     """Starlette's 405 names only the first route on the path; list what the OpenAPI schema has."""
     from starlette.routing import compile_path
@@ -99,6 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _DEFAULT_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 400 and message == _FASTAPI_PARSE_FAILURE:
+            message = _describe_parse_failure(exc.__cause__)
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(app, request))

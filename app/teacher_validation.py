@@ -34,15 +34,23 @@ def sniff_format(path: Path, filename: str | None) -> str:
     return TORCH
 
 
-def check_teacher(path: Path, card: ModelCard, max_bytes: int) -> None:
-    """Load and build the teacher (weights-only, BN required); 422 with the library's reason."""
+def check_teacher(path: Path, card: ModelCard, max_bytes: int, display_name: str | None = None) -> None:
+    """Load and build the teacher (weights-only, BN required); 422 with the library's reason.
+
+    The library names the file it read, here the server's temp file: its name is replaced by
+    ``display_name`` (the client's file name) so that the message speaks of the user's file.
+    """
     from dfmscd.io import load_teacher
 
     try:
         load_teacher(path, card, max_bytes=max_bytes)
     except CardError as exc:
-        raise ApiError(422, "invalid_card", str(exc)) from None
+        raise ApiError(422, "invalid_card", _relabel(str(exc), path, display_name)) from None
     except CheckpointError as exc:
-        raise ApiError(422, "invalid_checkpoint", str(exc)) from None
+        raise ApiError(422, "invalid_checkpoint", _relabel(str(exc), path, display_name)) from None
     except DfmscdError as exc:
-        raise ApiError(422, "invalid_teacher", str(exc)) from None
+        raise ApiError(422, "invalid_teacher", _relabel(str(exc), path, display_name)) from None
+
+
+def _relabel(message: str, path: Path, display_name: str | None) -> str:
+    return message.replace(path.name, display_name or "weights file")

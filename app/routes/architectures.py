@@ -98,7 +98,7 @@ def stop_background(timeout: float = 30.0) -> None:
         _worker.join(timeout)
 
 
-@router.get("", response_model=ArchitectureList, responses={401: {"model": ErrorBody}})
+@router.get("", response_model=ArchitectureList, responses={c: {"model": ErrorBody} for c in (401, 429)})
 def list_architectures(_principal: Principal = Depends(require_key)) -> ArchitectureList:
     """Every architecture a student (or teacher) may use; counts fill in as they are computed."""
     from dfmscd.models import list_models

@@ -19,7 +19,7 @@ from app.storage import get_storage
 from app.views import student_detail
 
 router = APIRouter(prefix="/v1/jobs", tags=["students"])
-_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 416, 422)}
+_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 416, 422, 429)}
 _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 _MEDIA = {"safetensors": "application/octet-stream", "onnx": "application/octet-stream",
           "torchscript": "application/octet-stream"}

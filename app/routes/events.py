@@ -78,7 +78,7 @@ async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[by
     response_model=Page[EventOut],
     responses={
         200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
-        **{c: {"model": ErrorBody} for c in (400, 401, 404, 422)},
+        **{c: {"model": ErrorBody} for c in (400, 401, 404, 422, 429)},
     },
 )
 def list_events(

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.auth import Principal, require_key
+from app.auth import Principal, lock_owner, require_key
 from app.db import get_session
 from app.errors import ApiError, not_found
 from app.job_requests import JobPlan, plan_job, request_hash
 from app.models import ACTIVE_STATUSES, JOB_STATUSES, IdempotencyKey, Job, JobStudent, Teacher, new_id, utcnow
-from app.pagination import PageParams
+from app.pagination import PageParams, is_valid_id
 from app.queue import BrokerUnavailable, enqueue_job
 from app.routes.teachers import get_owned_teacher
 from app.schemas import ErrorBody, JobCreate, JobOut, Page
@@ -23,10 +23,19 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _STATUS_ONE = "(" + "|".join(JOB_STATUSES) + ")"
 _STATUS_LIST = f"^{_STATUS_ONE}(,{_STATUS_ONE})*$"
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 422, 429, 503)}
+_CREATE_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 415, 422, 429, 503)}
+
+
+def require_json(request: Request) -> None:
+    """415 for a body that is not JSON (FastAPI would only say 'Input should be a valid dictionary')."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type",
+                       f"send the job as JSON with 'Content-Type: application/json' (got {media or 'no content type'!r})")
 
 
 def get_owned_job(session: Session, principal: Principal, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if is_valid_id(job_id, "job") else None
     if job is None or job.owner_id != principal.owner_id:
         raise not_found("job", job_id)
     return job
@@ -48,6 +57,7 @@ def _check_concurrency(session: Session, principal: Principal) -> None:
     limit = get_settings().max_concurrent_jobs_per_key
     if not limit:
         return
+    lock_owner(session, principal.owner_id)  # held until the job is committed: no race past the limit
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.owner_id == principal.owner_id, Job.status.in_(ACTIVE_STATUSES))
     ) or 0
@@ -90,13 +100,14 @@ def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobP
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut, responses=_ERRORS)
+@router.post("", status_code=202, response_model=JobOut, responses=_CREATE_ERRORS)
 def create_job(
     body: JobCreate,
     response: Response,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
                                          pattern=r"^[\x21-\x7e]+$"),
     principal: Principal = Depends(require_key),
+    _json: None = Depends(require_json),
     session: Session = Depends(get_session),
 ) -> JobOut:
     """Queue a distillation job. Same ``Idempotency-Key`` + same body → the same job."""

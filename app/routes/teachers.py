@@ -14,7 +14,7 @@ from app.auth import Principal, require_key
 from app.db import get_session, session_factory
 from app.errors import ApiError, not_found
 from app.models import ACTIVE_STATUSES, Job, JobStudent, Teacher, new_id
-from app.pagination import PageParams
+from app.pagination import PageParams, is_valid_id
 from app.schemas import ErrorBody, Page, TeacherOut
 from app.settings import get_settings
 from app.storage import get_storage
@@ -101,7 +101,9 @@ async def upload_teacher(request: Request, principal: Principal = Depends(requir
         typed = upload.path.with_name(upload.path.stem + (".safetensors" if fmt == "safetensors" else ".pt"))
         os.replace(upload.path, typed)
         path = typed
-        await run_in_threadpool(check_teacher, typed, card, max(settings.max_upload_bytes, 1))
+        await run_in_threadpool(
+            check_teacher, typed, card, max(settings.max_upload_bytes, 1), _clean_filename(upload.filename)
+        )
         await run_in_threadpool(_check_quota, principal.owner_id, upload.size_bytes)
 
         teacher_id = new_id("tch")
@@ -139,7 +141,8 @@ async def upload_teacher(request: Request, principal: Principal = Depends(requir
 
 
 def get_owned_teacher(session: Session, principal: Principal, teacher_id: str) -> Teacher:
-    row = session.get(Teacher, teacher_id)
+    # A malformed id (say with a NUL, which PostgreSQL text refuses) cannot name a row: 404 unread.
+    row = session.get(Teacher, teacher_id) if is_valid_id(teacher_id, "tch") else None
     if row is None or row.owner_id != principal.owner_id:
         raise not_found("teacher", teacher_id)
     return row

@@ -1,0 +1,70 @@
+"""Fixtures for the hardening tests: the service fixtures of tests/app plus a few helpers.
+
+``service_kit`` (tests/app) owns the real PostgreSQL database, Redis prefix, settings, the
+ASGI client, API keys and the reference teacher; this file only re-exports them and adds what
+several hardening files need: a snapshot of everything under storage and tmp (to prove that a
+refused request left nothing behind) and temporary settings overrides.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
+
+from service_kit import (  # noqa: E402,F401  (fixtures)
+    auth,
+    client,
+    other_auth,
+    pg_url,
+    redis_prefix,
+    service,
+    teacher,
+    teacher_file,
+)
+
+
+def storage_files() -> set[str]:
+    """Every file (relative path) under DATA_DIR/storage and DATA_DIR/tmp."""
+    from app.settings import get_settings
+
+    s = get_settings()
+    out: set[str] = set()
+    for root in (s.storage_dir, s.tmp_dir):
+        if root.exists():
+            out |= {str(p.relative_to(s.data_dir)) for p in root.rglob("*") if p.is_file()}
+    return out
+
+
+@contextmanager
+def settings_override(**env: str) -> Iterator[None]:
+    """Set ``DFMSCD_<NAME>`` variables for the duration of a block and reload the settings."""
+    from app.settings import get_settings
+
+    mp = pytest.MonkeyPatch()
+    for name, value in env.items():
+        mp.setenv(f"DFMSCD_{name.upper()}", value)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        mp.undo()
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def leaves_no_trace(client) -> Iterator[Callable[[], None]]:
+    """Snapshot storage + tmp before the test; calling the fixture asserts nothing was added."""
+    before = storage_files()
+
+    def check() -> None:
+        after = storage_files()
+        assert after - before == set(), f"left behind: {sorted(after - before)}"
+
+    yield check
+    check()

@@ -19,16 +19,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from dfmscd.config import Budget, DistillConfig, resolve_budget
 from dfmscd.engine import checkpoint as ckpt
 from dfmscd.engine.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
+from dfmscd.engine.report import balance, held_out_agreement, pool_report
 from dfmscd.engine.samples import pick_samples
 from dfmscd.engine.students import StudentGroup, build_student, cosine_factor
 from dfmscd.engine.types import DistillResult, Event, StudentSpec, check_student_names
-from dfmscd.errors import CardError, CheckpointError, ConfigError, UnknownArchitectureError
-from dfmscd.io.card import ModelCard, parse_card
+from dfmscd.engine.validation import check_teacher, student_card
+from dfmscd.errors import CheckpointError, UnknownArchitectureError
+from dfmscd.io.card import ModelCard
 from dfmscd.models import count_parameters, is_model
 from dfmscd.synthesis import (
     DiffAugment,
@@ -44,11 +45,6 @@ from dfmscd.synthesis import (
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
-
-
-def _balance(hist: list[int]) -> float:
-    """min/max of a histogram (1.0 = perfectly balanced, 0.0 = a class is missing)."""
-    return (min(hist) / max(hist)) if hist and max(hist) > 0 else 0.0
 
 
 class Distiller:
@@ -78,47 +74,9 @@ class Distiller:
                 raise UnknownArchitectureError(
                     f"unknown student architecture {spec.architecture!r}; run 'dfmscd architectures' for the list"
                 )
-        self.student_cards = {name: self._student_card(spec) for name, spec in zip(self.names, self.specs)}
-        self._check_teacher(teacher)
+        self.student_cards = {name: student_card(spec, teacher_card) for name, spec in zip(self.names, self.specs)}
+        check_teacher(teacher, teacher_card)
         self._teacher_src = teacher
-
-    # ------------------------------------------------------------------ validation
-    def _student_card(self, spec: StudentSpec) -> ModelCard:
-        card = self.card
-        try:
-            return parse_card(
-                dict(
-                    architecture=spec.architecture,
-                    num_classes=card.num_classes,
-                    input_shape=list(card.input_shape),
-                    mean=list(card.mean),
-                    std=list(card.std),
-                    arch_kwargs=dict(spec.arch_kwargs),
-                    **({"class_names": list(card.class_names)} if card.class_names else {}),
-                )
-            )
-        except CardError as exc:
-            raise ConfigError(f"student {spec.resolved_name!r}: {exc}") from None
-
-    def _check_teacher(self, teacher: nn.Module) -> None:
-        if not any(isinstance(m, _BatchNorm) and m.track_running_stats for m in teacher.modules()):
-            raise ConfigError(
-                "the teacher has no BatchNorm layers with running statistics; data-free synthesis "
-                "matches those statistics and cannot work without them"
-            )
-        param = next(teacher.parameters(), None)
-        dev = param.device if param is not None else torch.device("cpu")
-        was_training = teacher.training
-        teacher.eval()
-        try:
-            with torch.no_grad():
-                out = teacher(torch.zeros((2, *self.card.input_shape), device=dev))
-        except RuntimeError as exc:
-            raise CardError(f"the teacher does not accept input of shape {list(self.card.input_shape)}: {str(exc).splitlines()[0]}") from None
-        finally:
-            teacher.train(was_training)
-        if out.dim() != 2 or out.shape[1] != self.card.num_classes:
-            raise CardError(f"the teacher outputs shape {list(out.shape[1:])} but the card says {self.card.num_classes} classes")
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -129,7 +87,11 @@ class Distiller:
         self.hooks = TeacherBNHooks(self.teacher, cfg.bn_momentum)
         self.students = StudentGroup([build_student(s, card.num_classes, card.input_shape).to(dev) for s in self.specs], cfg)
         k = resolve_num_generators(cfg.num_generators, len(self.specs))
-        make_gen = lambda: Generator(cfg.latent_dim, cfg.generator_width, c, h, card.mean, card.std, card.num_classes if cfg.conditional_generator else 0)  # noqa: E731
+        conditional_on = card.num_classes if cfg.conditional_generator else 0
+
+        def make_gen() -> Generator:
+            return Generator(cfg.latent_dim, cfg.generator_width, c, h, card.mean, card.std, conditional_on)
+
         self.mixture = MixtureOfGenerators(k, len(self.specs), make_gen, cfg.lr_g * cfg.inner_steps, dev)
         self.pool = ImagePool(cfg.pool_capacity, card.input_shape, card.num_classes, cfg.pool_eviction, seed=cfg.seed + 1)
         self.labels = make_label_source(card.num_classes, cfg.label_bridging, cfg.bridge_correction, seed=cfg.seed + 2)
@@ -227,14 +189,19 @@ class Distiller:
         return (x01 - self.norm_mean) / self.norm_std
 
     # ------------------------------------------------------------------ one epoch
-    def _synthesis_phase(self, adversarial: bool, units: int) -> bool:
+    def _out_of_time(self) -> bool:
+        return self.budget.seconds is not None and self.elapsed >= self.budget.seconds
+
+    def _synthesis_phase(self, adversarial: bool, units: int) -> str:
         cfg = self.config
         t0 = time.perf_counter()
         try:
             with self.students.frozen() as students:
                 for k, slow in enumerate(self.mixture.generators):
                     if self._cancel():
-                        return False
+                        return "cancelled"
+                    if self._out_of_time():
+                        return "out_of_time"
                     recognised = self.pool.histogram("teacher_argmax") if len(self.pool) else None
                     labels = self.labels.next(cfg.synth_batch_size, recognised)
                     out = synthesize(
@@ -246,7 +213,7 @@ class Distiller:
                         adversarial=adversarial, should_cancel=self._cancel,
                     )  # fmt: skip
                     if out is None:
-                        return False
+                        return "cancelled"
                     self.pool.add(out.images, out.labels, out.teacher_argmax)
                     self.mixture.summaries[k] = out.summary
                     self.images_synthesized += out.images.shape[0]
@@ -254,17 +221,18 @@ class Distiller:
                     self._maybe_progress((k + 1) / units, "synthesis")
         finally:
             self.synth_s += time.perf_counter() - t0
-        return True
+        return "done"
 
     def _kd_phase(self, units: int) -> str:
         cfg = self.config
         t0 = time.perf_counter()
-        sums, n = [0.0] * len(self.specs), 0
+        sums: torch.Tensor | None = None
+        n = 0
         try:
             for step in range(cfg.kd_steps):
                 if self._cancel():
                     return "cancelled"
-                if self.budget.seconds is not None and self.elapsed >= self.budget.seconds:
+                if self._out_of_time():
                     return "out_of_time"
                 self.students.set_lr_factor(cosine_factor(self._schedule_fraction()))
                 idx = self.pool.sample_indices(cfg.kd_batch_size)
@@ -273,13 +241,13 @@ class Distiller:
                     t_logits = self.teacher(x)
                 step_losses = self.students.kd_step(x, t_logits)
                 self.kd_steps_done += 1
-                sums = [a + b for a, b in zip(sums, step_losses)]
+                sums = step_losses if sums is None else sums + step_losses
                 n += 1
                 self._maybe_progress((len(self.mixture) + step + 1) / units, "distillation")
         finally:
             self.kd_s += time.perf_counter() - t0
-            if n:
-                self.last_losses = [s / n for s in sums]
+            if sums is not None:
+                self.last_losses = [float(v) / n for v in sums.cpu()]
         return "done"
 
     def _run_epoch(self) -> str:
@@ -294,9 +262,10 @@ class Distiller:
             self._log(f"epoch {e}: re-initialised the generators")
         warm = self._in_warmup()
         units = len(self.mixture) + (0 if warm else cfg.kd_steps)
-        if not self._synthesis_phase(adversarial=not warm, units=units):
-            return "cancelled"
-        return "done" if warm else self._kd_phase(units)
+        outcome = self._synthesis_phase(adversarial=not warm, units=units)
+        if outcome != "done" or warm:
+            return outcome
+        return self._kd_phase(units)
 
     def _epoch_metrics(self, images_before: int, synth_before: float) -> dict[str, Any]:
         hist_t = self.pool.histogram("teacher_argmax")
@@ -307,7 +276,7 @@ class Distiller:
             "pool_size": len(self.pool),
             "label_histogram": self.pool.histogram("labels"),
             "teacher_argmax_histogram": hist_t,
-            "pool_balance": _balance(hist_t),
+            "pool_balance": balance(hist_t),
             "images_per_s": (self.images_synthesized - images_before) / synth_dt if synth_dt > 0 else None,
             "synthesis_loss": dict(getattr(self, "synth_terms", {})),
             "lr": self.students.optimizers[0].param_groups[0]["lr"],
@@ -396,39 +365,20 @@ class Distiller:
             self.hooks.remove()
 
     # ------------------------------------------------------------------ result
-    def _held_out_agreement(self) -> tuple[list[float | None], int]:
-        """Agreement with the teacher on a fresh synthesis round that never enters the pool."""
-        cfg, n = self.config, self.config.synth_batch_size
-        labels = torch.arange(n) % self.card.num_classes
-        agree, total = [0] * len(self.specs), 0
-        with self.students.frozen() as students:
-            for k, slow in enumerate(self.mixture.generators):
-                out = synthesize(
-                    slow, self.mixture.fast, None, labels=labels, teacher=self.teacher, hooks=self.hooks,
-                    students=students, partner=self.mixture.partners[k], weights=self.weights,
-                    augment=self.augment, lr_g=cfg.lr_g, lr_z=cfg.lr_z, inner_steps=cfg.inner_steps,
-                    meta_algorithm=cfg.meta_algorithm, other_summaries=self.mixture.other_summaries(k),
-                    adversarial=self.epoch > self.warmup,
-                )  # fmt: skip
-                assert out is not None
-                x = self._to_input(out.images, augment=False)
-                t = out.teacher_argmax.to(self.device)
-                with torch.no_grad():
-                    for i, s in enumerate(students):
-                        agree[i] += int((s(x).argmax(dim=1) == t).sum())
-                total += n
-        return [a / total for a in agree], total
-
     def _result(self, status: str) -> DistillResult:
         t0 = time.perf_counter()
+        agreement: list[float | None] = [None] * len(self.specs)
+        held_out = 0
         if status == "completed" and len(self.pool):
-            agreement, held_out = self._held_out_agreement()
-        else:
-            agreement, held_out = [None] * len(self.specs), 0
+            agreement, held_out = held_out_agreement(  # type: ignore[assignment]
+                mixture=self.mixture, students=self.students, teacher=self.teacher, hooks=self.hooks,
+                weights=self.weights, augment=self.augment, config=self.config,
+                num_classes=self.card.num_classes, to_input=lambda u8: self._to_input(u8, augment=False),
+                adversarial=self.epoch > self.warmup,
+            )  # fmt: skip
         eval_s = time.perf_counter() - t0
         samples, sample_labels = pick_samples(self.pool)
         students = {n: m.cpu().eval() for n, m in zip(self.names, self.students.modules)}
-        hist_t, hist_l = self.pool.histogram("teacher_argmax"), self.pool.histogram("labels")
         total_s = self.elapsed
         report = {
             "status": status,
@@ -455,16 +405,7 @@ class Distiller:
             "images_synthesized": self.images_synthesized,
             "images_per_s": self.images_synthesized / total_s if total_s > 0 else None,
             "synthesis_images_per_s": self.images_synthesized / self.synth_s if self.synth_s > 0 else None,
-            "pool": {
-                "size": len(self.pool),
-                "capacity": self.pool.capacity,
-                "eviction": self.pool.eviction,
-                "label_histogram": hist_l,
-                "label_balance": _balance(hist_l),
-                "teacher_argmax_histogram": hist_t,
-                "balance": _balance(hist_t),
-                "imbalance_max_over_min": (max(hist_t) / min(hist_t)) if hist_t and min(hist_t) > 0 else None,
-            },
+            "pool": pool_report(self.pool),
             "class_names": list(self.card.class_names) if self.card.class_names else None,
         }
         return DistillResult(status, students, dict(self.student_cards), report, samples, sample_labels)

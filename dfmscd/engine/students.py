@@ -65,8 +65,8 @@ class StudentGroup:
                 group["lr"] = lr
         return lr
 
-    def kd_step(self, x: Tensor, teacher_logits: Tensor) -> list[float]:
-        """One co-evolution step on a shared batch; returns each student's loss."""
+    def kd_step(self, x: Tensor, teacher_logits: Tensor) -> Tensor:
+        """One co-evolution step on a shared batch; returns the students' losses (detached, S)."""
         for m in self.modules:
             m.train()
         outs = [m(x) for m in self.modules]
@@ -82,7 +82,7 @@ class StudentGroup:
         torch.stack(per_student).sum().backward()
         for opt in self.optimizers:
             opt.step()
-        return [float(v) for v in torch.stack(per_student).detach().cpu()]
+        return torch.stack(per_student).detach()  # no host sync here: the caller sums on device
 
     @contextmanager
     def frozen(self) -> Iterator[list[nn.Module]]:

@@ -17,9 +17,18 @@ from dfmscd.io.card import ModelCard
 
 TINY = dict(
     synth_batch_size=16, kd_batch_size=16, kd_steps=4, latent_dim=8, generator_width=4,
-    pool_capacity=256, inner_steps=1, warmup_epochs=1, epochs=4, checkpoint_every=2,
+    pool_capacity=256, inner_steps=2, warmup_epochs=1, epochs=4, checkpoint_every=2,
 )  # fmt: skip
 STUDENTS = [StudentSpec("resnet8", "a"), StudentSpec("resnet8", "b")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two OpenMP threads on two shared cores stall each other (10x slower here); use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _distiller(seed=0, budget=Budget(epochs=4), **kw):
@@ -159,7 +168,7 @@ def test_pickle_payload_in_checkpoint_is_not_executed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "evil.ckpt"
     with open(bad, "wb") as f:
-        pickle.dump({"format": "dfmscd-run-checkpoint/1", "x": _Payload()}, f)
+        pickle.dump({"format": "dfmscd-run-checkpoint/1", "x": _Payload()}, f, protocol=2)
     with pytest.raises(CheckpointError):
         _distiller(checkpoint_path=bad).run()
     assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
@@ -169,6 +178,18 @@ def test_seconds_budget_stops_and_reports_it():
     result = _distiller(budget=Budget(seconds=1.0)).run()
     assert result.status == "completed"
     assert result.report["budget"] == {"seconds": 1.0} and result.report["epochs_completed"] >= 1
+
+
+def test_generator_resets_and_the_fast_dfkd_baseline_run():
+    logs: list[str] = []
+    cfg = resolve_config("fast", {**TINY, "generator_reset_every": 1, "reset_first_layer_epoch": 1})
+    result = Distiller(
+        task.teacher(), task.card(), [StudentSpec("resnet8")], cfg.single_student_baseline(), Budget(epochs=2),
+        callbacks=[lambda e: logs.append(e.data["message"]) if e.kind == "log" else None],
+    ).run()  # fmt: skip
+    assert result.status == "completed" and set(result.students) == {"resnet8"}
+    assert result.report["num_generators"] == 1 and result.report["config"]["label_bridging"] is False
+    assert any("first layer" in m for m in logs) and any("re-initialised the generators" in m for m in logs)
 
 
 class _NoBN(nn.Module):

@@ -279,7 +279,10 @@ def _sigkill_scenario(stack: Stack, first: WorkerProcess, rescuer: WorkerProcess
 # ----------------------------------------------------------------------------- PostgreSQL restart
 def test_postgres_restart_mid_job_job_finishes_not_stuck(stack: Stack) -> None:
     [worker] = stack.live_workers()
-    jid = stack.submit(epochs=20)
+    # long enough to still be computing while the database is away (a job at one torch thread
+    # runs several epochs a second, and 5 renewals take about 5 s)
+    epochs = 80
+    jid = stack.submit(epochs=epochs)
     stack.wait_epoch(jid, 1)
     offset = len(worker.log_path.read_bytes())
     t0 = time.monotonic()
@@ -288,16 +291,18 @@ def test_postgres_restart_mid_job_job_finishes_not_stuck(stack: Stack) -> None:
     def renewals_failed() -> int:
         return worker.log_path.read_bytes()[offset:].count(b"lease renewal failed")
 
-    # down for longer than the 4 s lease: the job's lease expires while the database is away
-    wait_for(lambda: renewals_failed() >= 5, 60, 0.1, what="5 failed lease renewals")
-    stack.pg.start()
+    try:
+        # down for longer than the 4 s lease: the job's lease expires while the database is away
+        wait_for(lambda: renewals_failed() >= 5, 60, 0.1, what="5 failed lease renewals")
+    finally:
+        stack.pg.start()  # never leave the stack without its database for the tests after this one
     down_s = time.monotonic() - t0
     job = stack.wait_terminal(jid, 180)
     assert job["status"] in ("succeeded", "failed"), job
     if job["status"] == "failed":
         assert job["error"]["code"] and job["error"]["message"], job
     assert job["status"] == "succeeded", (job["error"], worker.log())
-    assert job["epoch"] == 20 and job["progress"] == 1.0
+    assert job["epoch"] == epochs and job["progress"] == 1.0
     assert stack.http.get("/readyz").status_code == 200
     stack.reference["pg_down_s"] = down_s
     stack.reference["pg_job_attempts"] = job["attempts"]

@@ -1,7 +1,9 @@
 """API keys: created once and shown once, stored only as a SHA-256 digest.
 
 Keys carry 256 random bits, so a plain (unsalted) SHA-256 is enough to make a stolen table
-useless and lets a request find its key with one indexed lookup.
+useless and lets a request find its key with one indexed lookup. Every authenticated request
+also counts against its key's rate limit (``app.ratelimit``); the health probes need no key and
+so are never limited.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.db import get_session
 from app.errors import ApiError
 from app.models import ApiKey, new_id, utcnow
+from app.ratelimit import enforce_rate_limit
 
 KEY_PREFIX = "dfk_"
 _bearer = HTTPBearer(auto_error=False, description="an API key from `dfmscd keys create`")
@@ -54,6 +57,15 @@ def revoke_api_key(session: Session, key_id: str) -> bool:
     return res.rowcount > 0  # type: ignore[attr-defined]
 
 
+def lock_owner(session: Session, owner_id: str) -> None:
+    """Serialise check-then-insert per tenant until the session commits (per-key limits).
+
+    A no-op UPDATE of the owner's key rows: PostgreSQL row-locks them (a concurrent request
+    waits, then its next statement sees the committed rows); SQLite takes its write lock.
+    """
+    session.execute(update(ApiKey).where(ApiKey.owner_id == owner_id).values(owner_id=ApiKey.owner_id))
+
+
 def count_api_keys(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(ApiKey)) or 0
 
@@ -85,5 +97,12 @@ def require_key(
     if row.revoked_at is not None:
         raise ApiError(401, "unauthorized", "API key has been revoked", _UNAUTHORIZED)
     principal = Principal(key_id=row.id, owner_id=row.owner_id, name=row.name)
+    # End the read transaction so the pooled connection goes back now. Otherwise the request
+    # holds it while it waits for a threadpool thread to run its route, and under load (200
+    # clients) every thread ends up waiting for a connection held by a request waiting for a
+    # thread: a deadlock that only the pool's 30 s timeout breaks, with 500s.
+    session.rollback()
     request.state.principal = principal
+    # After the key check, so the counter is per known key and a wrong key is a 401, not a 429.
+    enforce_rate_limit(principal.key_id)
     return principal

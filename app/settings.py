@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # Per-key limits (0 = unlimited).
     max_concurrent_jobs_per_key: int = Field(8, ge=0)
     max_storage_bytes_per_key: int = Field(200 * GiB, ge=0)
+    # Request rate per key (app/ratelimit.py): a fixed window; 0 = unlimited. Counters are in
+    # Redis (shared by every API process) when the broker is redis:// or rate_limit_redis_url
+    # is set, otherwise in-process (embedded mode runs one API process).
+    rate_limit_per_minute: int = Field(1200, ge=0)
+    rate_limit_window_seconds: int = Field(60, ge=1, le=3600)
+    rate_limit_redis_url: str | None = Field(None, description="default: the broker URL when it is redis://")
 
     # Worker leases: a running job's row carries an owner and an expiry that a heartbeat renews;
     # a job whose lease ran out belongs to a dead worker and is handed to another one.
@@ -53,6 +59,9 @@ class Settings(BaseSettings):
     )
 
     migrate_on_start: bool = True
+    stale_temp_seconds: float = Field(
+        600.0, ge=0, description="at start-up, delete temp files (uploads, atomic writes) untouched this long"
+    )
     sse_poll_seconds: float = Field(0.5, gt=0)
     sse_keepalive_seconds: float = Field(15.0, gt=0)
 

@@ -124,6 +124,7 @@ def service_env(data_dir: Path, pg: str, prefix: str, **extra: str) -> dict[str,
         "DFMSCD_SSE_POLL_SECONDS": "0.1",
         "DFMSCD_TORCH_THREADS": "1",
         "DFMSCD_MAX_CONCURRENT_JOBS_PER_KEY": "1000",  # the limit itself is tested with its own key
+        "DFMSCD_RATE_LIMIT_PER_MINUTE": "100000",  # tested with small settings in tests/hardening/test_limits.py
     }
     env.update(extra)
     return env

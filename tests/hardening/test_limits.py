@@ -1,0 +1,202 @@
+"""Per-key limits: request rate (429 + Retry-After), concurrent jobs, storage bytes.
+
+tests/app already checks the first 429 of the job limit and the first 413 of the quota; this
+file adds the request-rate limit (Redis counters shared across processes, in-process counters
+for the embedded mode, fail-open when Redis is gone), independence between keys, slots and
+bytes given back, and the job limit under concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import settings_override
+from service_kit import REDIS_URL, assert_error, job_body, make_key, upload_teacher, wait_for
+from sqlalchemy import func, select, update
+
+from app.db import session_scope
+from app.models import ApiKey, Job, JobStudent
+from app.auth import hash_key
+from app.ratelimit import MemoryCounter, RateLimiter, RedisCounter, get_limiter, limiter_url
+from app.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _headers(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def _key_id(secret: str) -> str:
+    with session_scope() as s:
+        return s.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(secret)))
+
+
+def _wait_for_fresh_window(window: int, need: float) -> None:
+    """Start a burst at least ``need`` seconds before the fixed window ends (a clock condition)."""
+    wait_for(lambda: window - (time.time() % window) >= need, timeout=need + 1, interval=0.05,
+             what="a fresh rate-limit window")
+
+
+# --------------------------------------------------------------------------- request rate
+def test_rate_limit_is_429_with_retry_after_per_key(client):
+    secret, bystander = make_key("rate-a"), make_key("rate-b")
+    with settings_override(RATE_LIMIT_PER_MINUTE="4", RATE_LIMIT_WINDOW_SECONDS="60"):
+        _wait_for_fresh_window(60, need=15)
+        for _ in range(4):
+            assert client.get("/v1/jobs", headers=_headers(secret)).status_code == 200
+        r = client.get("/v1/teachers", headers=_headers(secret))
+        assert_error(r, 429, "rate_limited", "retry after")
+        retry = r.headers["Retry-After"]
+        assert retry.isdigit() and 1 <= int(retry) <= 60
+        assert int(retry) <= 60 - int(time.time() % 60) + 1
+        assert r.headers["RateLimit-Limit"] == "4" and r.headers["RateLimit-Remaining"] == "0"
+        # other keys, health probes and a wrong key are unaffected by this key's limit
+        assert client.get("/v1/jobs", headers=_headers(bystander)).status_code == 200
+        assert client.get("/healthz", headers=_headers(secret)).status_code == 200
+        assert client.get("/readyz", headers=_headers(secret)).status_code == 200
+        assert_error(client.get("/v1/jobs", headers=_headers(secret + "x")), 401, "unauthorized")
+        # every endpoint of the limited key answers 429, downloads and uploads included
+        for method, path in [("GET", "/v1/jobs/job_x"), ("POST", "/v1/jobs"), ("GET", "/v1/architectures"),
+                             ("POST", "/v1/teachers"), ("DELETE", "/v1/teachers/tch_x")]:
+            assert_error(client.request(method, path, headers=_headers(secret)), 429, "rate_limited")
+
+
+def test_rate_limit_recovers_after_retry_after(client):
+    secret = make_key("rate-recover")
+    with settings_override(RATE_LIMIT_PER_MINUTE="60", RATE_LIMIT_WINDOW_SECONDS="2"):  # 2 per 2 s window
+        _wait_for_fresh_window(2, need=1.2)
+        assert [client.get("/v1/jobs", headers=_headers(secret)).status_code for _ in range(3)] == [200, 200, 429]
+        r = client.get("/v1/jobs", headers=_headers(secret))
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) in (1, 2)
+        wait_for(lambda: client.get("/v1/jobs", headers=_headers(secret)).status_code == 200, timeout=5,
+                 interval=0.25, what="the next window")
+
+
+def test_rate_limit_counters_are_shared_across_processes(client, service):
+    """Another process (a second API) spends the key's allowance; this process then gets 429."""
+    secret = make_key("rate-shared")
+    key_id = _key_id(secret)
+    assert limiter_url(get_settings()) == REDIS_URL  # the test service runs with a Redis broker
+    with settings_override(RATE_LIMIT_PER_MINUTE="5", RATE_LIMIT_WINDOW_SECONDS="60"):
+        _wait_for_fresh_window(60, need=20)
+        script = (
+            "from app.errors import ApiError\n"
+            "from app.ratelimit import enforce_rate_limit\n"
+            "codes = []\n"
+            "for _ in range(5):\n"
+            "    try:\n        enforce_rate_limit(%r); codes.append(200)\n"
+            "    except ApiError as e:\n        codes.append(e.status)\n"
+            "print(codes)\n" % key_id
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == str([200] * 5)
+        assert_error(client.get("/v1/jobs", headers=_headers(secret)), 429, "rate_limited")
+        import redis
+
+        r = redis.Redis.from_url(REDIS_URL)
+        keys = list(r.scan_iter(match=f"{service['DFMSCD_BROKER_KEY_PREFIX']}ratelimit:{key_id}:*"))
+        assert len(keys) == 1 and int(r.get(keys[0])) == 6 and 0 < r.ttl(keys[0]) <= 61
+        r.close()
+
+
+def test_embedded_mode_counts_in_process(tmp_path):
+    settings = Settings(data_dir=tmp_path, broker_url=None, rate_limit_redis_url=None)
+    assert limiter_url(settings) is None
+    limiter = get_limiter(settings)
+    assert isinstance(limiter.primary, MemoryCounter)
+    t0 = 1_000_040.0  # 20 s into a 60 s window (1_000_020 is a multiple of 60)
+    decisions = [limiter.hit(f"k-{tmp_path.name}", 3, 60, now=t0 + i) for i in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert decisions[3].retry_after == 37 and decisions[2].remaining == 0
+    assert limiter.hit(f"k-{tmp_path.name}", 3, 60, now=t0 + 40).allowed  # next window
+
+
+def test_unreachable_redis_fails_open_but_still_counts():
+    """Redis down: requests are not refused, and the in-process fallback keeps the limit."""
+    limiter = RateLimiter(RedisCounter("redis://127.0.0.1:1/0", "x:"))
+    t0 = 2_000_000.0
+    started = time.monotonic()
+    decisions = [limiter.hit("down", 2, 60, now=t0) for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert time.monotonic() - started < 5  # one failed connect, then no more tries for a while
+
+
+# --------------------------------------------------------------------------- concurrent jobs
+def test_job_limit_is_per_key_and_freed_by_cancel(client, teacher_file):
+    a, b = _headers(make_key("jobs-a")), _headers(make_key("jobs-b"))
+    ta = upload_teacher(client, a, teacher_file).json()["id"]
+    tb = upload_teacher(client, b, teacher_file).json()["id"]
+    with settings_override(MAX_CONCURRENT_JOBS_PER_KEY="2"):
+        first = [client.post("/v1/jobs", headers=a, json=job_body(ta)).json()["id"] for _ in range(2)]
+        r = client.post("/v1/jobs", headers=a, json=job_body(ta))
+        assert_error(r, 429, "too_many_jobs", "limit per key is 2")
+        assert r.headers["Retry-After"].isdigit()
+        assert client.post("/v1/jobs", headers=b, json=job_body(tb)).status_code == 202  # B has its own slots
+        assert client.post(f"/v1/jobs/{first[0]}/cancel", headers=a).json()["status"] == "cancelled"
+        assert client.post("/v1/jobs", headers=a, json=job_body(ta)).status_code == 202  # a slot came back
+        with session_scope() as s:  # a finished job frees its slot too
+            s.execute(update(Job).where(Job.id == first[1]).values(status="failed"))
+        assert client.post("/v1/jobs", headers=a, json=job_body(ta)).status_code == 202
+        assert_error(client.post("/v1/jobs", headers=a, json=job_body(ta)), 429, "too_many_jobs")
+
+
+def test_job_limit_holds_under_concurrent_requests(client, teacher_file):
+    """Ten simultaneous creates against a limit of 3: never more than 3 active jobs."""
+    from app.main import create_app
+
+    secret = make_key("jobs-race")
+    h = _headers(secret)
+    tid = upload_teacher(client, h, teacher_file).json()["id"]
+
+    async def burst() -> list[int]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            rs = await asyncio.gather(*(ac.post("/v1/jobs", headers=h, json=job_body(tid)) for _ in range(10)))
+        return [r.status_code for r in rs]
+
+    with settings_override(MAX_CONCURRENT_JOBS_PER_KEY="3"):
+        codes = asyncio.run(burst())
+    assert sorted(set(codes)) == [202, 429], codes
+    with session_scope() as s:
+        owner = s.scalar(select(ApiKey.owner_id).where(ApiKey.key_hash == hash_key(secret)))
+        active = s.scalar(select(func.count()).select_from(Job).where(Job.owner_id == owner))
+    assert codes.count(202) == active <= 3, codes
+
+
+# --------------------------------------------------------------------------- storage bytes
+def test_storage_quota_counts_students_and_is_freed_by_delete(client, teacher_file):
+    from dfmscd.io import ModelCard, save_model
+    from dfmscd.models import create_model
+    from app.storage import get_storage
+
+    h, other = _headers(make_key("quota-a")), _headers(make_key("quota-b"))
+    size = teacher_file.stat().st_size
+    with settings_override(MAX_STORAGE_BYTES_PER_KEY=str(int(size * 2.5))):
+        t1 = upload_teacher(client, h, teacher_file).json()
+        # a stored student (about one teacher's size here) counts: without it a second teacher would fit
+        jid = client.post("/v1/jobs", headers=h, json=job_body(t1["id"])).json()["id"]
+        module = create_model("resnet8", num_classes=10, in_channels=1, image_size=8)
+        card = ModelCard.model_validate(t1["card"])
+        stored = get_storage().write(f"jobs/{jid}/students/resnet8.t0.safetensors", lambda p: save_model(module, card, p))
+        assert 2 * size <= size * 2.5 < 2 * size + stored.size_bytes
+        with session_scope() as s:
+            s.execute(update(JobStudent).where(JobStudent.job_id == jid).values(
+                status="succeeded", storage_key=stored.key, sha256=stored.sha256, size_bytes=stored.size_bytes))
+            s.execute(update(Job).where(Job.id == jid).values(status="succeeded"))
+        err = assert_error(upload_teacher(client, h, teacher_file), 413, "storage_quota_exceeded")
+        assert f"({size + stored.size_bytes} used)" in err["message"]
+        assert upload_teacher(client, other, teacher_file).status_code == 201  # another key's quota
+        assert client.delete(f"/v1/teachers/{t1['id']}", headers=h).status_code == 204
+        assert upload_teacher(client, h, teacher_file).status_code == 201  # the deleted bytes came back

@@ -307,7 +307,7 @@ class Distiller:
         if self.checkpoint_path is None:
             return
         ckpt.save_checkpoint(self._state(), self.checkpoint_path)
-        self._emit("checkpoint", {"path": str(self.checkpoint_path), "epoch": self.epoch})
+        self._emit("checkpoint", {"epoch": self.epoch})  # no path: events reach tenants
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -335,7 +335,8 @@ class Distiller:
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._restore(ckpt.load_checkpoint(self.checkpoint_path, self.fingerprint))
             self._session_start = time.perf_counter()
-            self._log(f"resumed from {self.checkpoint_path} at epoch {self.epoch}")
+            # No path here: events reach the service's tenants, and file paths are the server's business.
+            self._log(f"resumed from checkpoint at epoch {self.epoch}")
         else:
             self._log(
                 f"distilling into {len(self.specs)} students with {len(self.mixture)} generators on {self.device}"

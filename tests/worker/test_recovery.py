@@ -62,6 +62,8 @@ def test_killed_worker_job_resumes_from_checkpoint_and_succeeds(client, auth, te
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))  # one writer at a time
     resumed = [e for e in events if e["kind"] == "log" and e["data"]["message"].startswith("resumed from")]
     assert len(resumed) == 1 and resumed[0]["epoch"] >= 2
+    # events are shown to the tenant: no server paths in them
+    assert all("/" not in str(e["data"]) for e in events), [e["data"] for e in events if "/" in str(e["data"])]
     assert job["report"]["resumed_from_epoch"] == resumed[0]["epoch"]
     data = client.get(f"/v1/jobs/{jid}/students/resnet8/weights", headers=auth).content
     (tmp_path / "r.safetensors").write_bytes(data)

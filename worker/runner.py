@@ -169,7 +169,8 @@ class JobRun:
         import torch
 
         from dfmscd.config import Budget, DistillConfig
-        from dfmscd.engine import Distiller, StudentSpec, save_samples_png
+        from dfmscd.engine import Distiller, StudentSpec
+        from dfmscd.report import save_samples_png
         from dfmscd.io import ModelCard, load_teacher, save_model
 
         if self.settings.torch_threads:

@@ -2,7 +2,7 @@
 
 from dfmscd.engine.distiller import Distiller
 from dfmscd.engine.runtime import resolve_device, seed_everything
-from dfmscd.engine.samples import pick_samples, save_samples_png
+from dfmscd.engine.samples import pick_samples
 from dfmscd.engine.types import DistillResult, Event, StudentSpec
 
 __all__ = [
@@ -12,6 +12,5 @@ __all__ = [
     "StudentSpec",
     "pick_samples",
     "resolve_device",
-    "save_samples_png",
     "seed_everything",
 ]

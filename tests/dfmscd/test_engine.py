@@ -11,7 +11,8 @@ from PIL import Image
 
 import synthetic_task as task
 from dfmscd.config import Budget, resolve_config
-from dfmscd.engine import Distiller, Event, StudentSpec, save_samples_png
+from dfmscd.engine import Distiller, Event, StudentSpec
+from dfmscd.report import save_samples_png
 from dfmscd.errors import CardError, CheckpointError, ConfigError, DfmscdError
 from dfmscd.io.card import ModelCard
 

@@ -89,23 +89,18 @@ class LocalStorage:
             os.close(dir_fd)
 
     def put_file(self, key: str, src: Path, *, move: bool = True) -> StoredObject:
-        dest = self._path(key)
-        tmp = self._tmp_beside(dest)
-        try:
+        def fill(tmp: Path) -> None:
             if move:
                 try:
                     os.replace(src, tmp)  # same filesystem: no copy
+                    return
                 except OSError:
                     shutil.copyfile(src, tmp)
                     os.unlink(src)
-            else:
-                shutil.copyfile(src, tmp)
-            digest, size = sha256_file(tmp)
-            self._commit(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return StoredObject(key, digest, size)
+                    return
+            shutil.copyfile(src, tmp)
+
+        return self.write(key, fill)
 
     def write(self, key: str, writer: Callable[[Path], None]) -> StoredObject:
         """``writer(path)`` fills a temp file that becomes ``key`` only if it returns normally."""

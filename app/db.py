@@ -33,14 +33,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        # No pool limit: a sync route keeps its connection until its response is serialised,
-        # which needs a threadpool thread; a bounded pool lets every thread wait for a
-        # connection held by a request waiting for a thread (a deadlock under ~100 clients).
+        # SQLite connections are cheap files: no pool, so nothing to exhaust.
         engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, connect_args=connect_args)
+    settings = get_settings()
+    capacity = settings.db_pool_size or settings.api_threads + 2
+    kept = min(10, capacity)  # connections kept open when idle; the rest open on demand
+    return create_engine(url, pool_pre_ping=True, pool_size=kept, max_overflow=capacity - kept,
+                         pool_timeout=settings.db_pool_timeout_seconds, connect_args=connect_args)
 
 
 def get_engine(url: str | None = None) -> Engine:

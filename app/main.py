@@ -6,12 +6,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import dfmscd
+from app.body_limit import BodySizeLimitMiddleware
 from app.errors import CatchAllMiddleware, install_error_handlers
 from app.routes import architectures, downloads, events, health, jobs, teachers
+from app.settings import get_settings
 from app.startup import prepare
 
 log = logging.getLogger("dfmscd.api")
@@ -31,6 +34,8 @@ def _warm_zoo() -> None:
 
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # The DB pool is sized from this (app/db.py): one connection per thread can never run out.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
     await run_in_threadpool(prepare)
     await run_in_threadpool(_warm_zoo)
     yield
@@ -45,6 +50,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=get_settings().max_json_body_bytes)
     app.add_middleware(CatchAllMiddleware)
     for module in (health, teachers, jobs, events, downloads, architectures):
         app.include_router(module.router)

@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     stale_temp_seconds: float = Field(
         600.0, ge=0, description="at start-up, delete temp files (uploads, atomic writes) untouched this long"
     )
+    # Concurrency of the API process. Sync routes run on AnyIO's threadpool (``api_threads``
+    # tokens); each thread holds at most one pooled connection, and only while it runs (see
+    # app/routing.py), so a pool at least as large as the threadpool can never be exhausted by
+    # requests waiting for a thread. ``db_pool_size`` None = api_threads + 2 (the readiness probe
+    # and the architectures' background fill).
+    api_threads: int = Field(40, ge=1, le=1000)
+    db_pool_size: int | None = Field(None, ge=1, le=1000)
+    db_pool_timeout_seconds: float = Field(30.0, gt=0)
+    # Largest JSON request body (POST /v1/jobs); teacher uploads have their own caps above.
+    max_json_body_bytes: int = Field(1024 * 1024, ge=1024)
     sse_poll_seconds: float = Field(0.5, gt=0)
     sse_keepalive_seconds: float = Field(15.0, gt=0)
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 
 from app.auth import Principal, require_key
+from app.routing import SessionReleasingRoute
 from app.schemas import ArchitectureList, ArchitectureOut, ErrorBody
 from app.settings import get_settings
 
-router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
+router = APIRouter(prefix="/v1/architectures", tags=["architectures"], route_class=SessionReleasingRoute)
 log = logging.getLogger("dfmscd.api")
 
 _lock = threading.Lock()

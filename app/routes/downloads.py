@@ -14,11 +14,12 @@ from app.exports import SUFFIX, ensure_export
 from app.models import Job, JobStudent
 from app.ranges import file_response
 from app.routes.jobs import get_owned_job
+from app.routing import SessionReleasingRoute
 from app.schemas import ErrorBody, StudentDetail
 from app.storage import get_storage
 from app.views import student_detail
 
-router = APIRouter(prefix="/v1/jobs", tags=["students"])
+router = APIRouter(prefix="/v1/jobs", tags=["students"], route_class=SessionReleasingRoute)
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 416, 422, 429)}
 _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 _MEDIA = {"safetensors": "application/octet-stream", "onnx": "application/octet-stream",

@@ -9,9 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import get_engine
 from app.queue import ping_broker
+from app.routing import SessionReleasingRoute
 from app.schemas import ErrorDetail, Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=SessionReleasingRoute)
 
 
 @router.get("/healthz", response_model=Health)

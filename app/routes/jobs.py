@@ -15,15 +15,16 @@ from app.models import ACTIVE_STATUSES, JOB_STATUSES, IdempotencyKey, Job, JobSt
 from app.pagination import PageParams, is_valid_id
 from app.queue import BrokerUnavailable, enqueue_job
 from app.routes.teachers import get_owned_teacher
+from app.routing import SessionReleasingRoute
 from app.schemas import ErrorBody, JobCreate, JobOut, Page
 from app.settings import get_settings
 from app.views import job_out
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=SessionReleasingRoute)
 _STATUS_ONE = "(" + "|".join(JOB_STATUSES) + ")"
 _STATUS_LIST = f"^{_STATUS_ONE}(,{_STATUS_ONE})*$"
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 422, 429, 503)}
-_CREATE_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 415, 422, 429, 503)}
+_CREATE_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
 
 
 def require_json(request: Request) -> None:

@@ -8,7 +8,9 @@ refused request left nothing behind) and temporary settings overrides.
 
 from __future__ import annotations
 
+import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,3 +70,33 @@ def leaves_no_trace(client) -> Iterator[Callable[[], None]]:
 
     yield check
     check()
+
+
+@contextmanager
+def live_server(**env: str) -> Iterator[str]:
+    """A real uvicorn (a thread of this process, free port) on the test database; yields its URL.
+
+    ``env`` overrides settings for its life. The engine is rebuilt on entry and exit so that
+    pool settings take effect and later tests get the defaults back.
+    """
+    import uvicorn
+
+    from app.db import dispose_engines
+    from app.main import create_app
+    from service_kit import wait_for
+
+    with settings_override(**env):
+        dispose_engines()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: server.started, timeout=60, what="uvicorn start")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            dispose_engines()

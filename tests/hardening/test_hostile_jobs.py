@@ -59,7 +59,9 @@ BODY_CASES = [
     ("budget-epochs-negative", dict(budget={"epochs": -5}), 422, "invalid_budget", "budget.epochs"),
     ("budget-seconds-negative", dict(budget={"seconds": -1}), 422, "invalid_budget", "budget.seconds"),
     ("budget-string", dict(budget="10 years"), 422, "validation_error", "budget"),
-    ("metadata-5MB", dict(metadata={"blob": "x" * 5_000_000}), 422, "validation_error", "metadata: 50000"),
+    ("metadata-5MB", dict(metadata={"blob": "x" * 5_000_000}), 413, "payload_too_large",
+     "request body is larger than the limit of 1048576 bytes"),
+    ("metadata-500kB", dict(metadata={"blob": "x" * 500_000}), 422, "validation_error", "metadata: 500011 bytes of JSON; the limit is 16384"),
     ("metadata-many-keys", dict(metadata={f"k{i}": i for i in range(20_000)}), 422, "validation_error", "metadata"),
     ("metadata-not-object", dict(metadata=[1, 2]), 422, "validation_error", "metadata"),
     ("teacher-id-nul", dict(teacher_id="tch_\x00"), 404, "not_found", "teacher 'tch_\\x00' not found"),
@@ -103,6 +105,25 @@ def test_malformed_body_or_wrong_content_type_is_4xx(client, auth, ctype, raw, s
     before = _job_count()
     headers = {**auth, **({"Content-Type": ctype} if ctype else {})}
     assert_error(client.post("/v1/jobs", headers=headers, content=raw), status, code, text)
+    assert _job_count() == before
+
+
+def test_an_oversized_chunked_job_body_is_413_before_it_is_read_whole(client, auth, teacher):
+    """No Content-Length: the body limit counts as the chunks arrive and stops at the cap."""
+    sent: list[int] = []
+
+    def chunks():
+        head = json.dumps(job_body(teacher["id"]))[:-1].encode() + b', "metadata": {"blob": "'
+        yield head
+        for _ in range(64):  # 64 x 64 KiB = 4 MiB of metadata, 4x the 1 MiB cap
+            sent.append(1)
+            yield b"x" * 65536
+        yield b'"}}'
+
+    before = _job_count()
+    r = client.post("/v1/jobs", headers={**auth, "Content-Type": "application/json"}, content=chunks())
+    assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
+    assert_error(r, 413, "payload_too_large", "1048576 bytes")
     assert _job_count() == before
 
 

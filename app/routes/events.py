@@ -15,14 +15,22 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import Principal, require_key
 from app.db import get_session, session_factory
-from app.models import TERMINAL_STATUSES, Job, JobEvent
+from app.errors import error_body
+from app.models import TERMINAL_STATUSES, ApiKey, Job, JobEvent
 from app.routes.jobs import get_owned_job
+from app.routing import SessionReleasingRoute
 from app.schemas import ErrorBody, EventOut, Page
 from app.settings import get_settings
 from app.views import event_out
 
-router = APIRouter(prefix="/v1/jobs", tags=["events"])
+router = APIRouter(prefix="/v1/jobs", tags=["events"], route_class=SessionReleasingRoute)
 _BATCH = 500
+
+
+def _key_revoked(key_id: str) -> bool:
+    with session_factory()() as session:
+        row = session.get(ApiKey, key_id)
+        return row is None or row.revoked_at is not None
 
 
 def _fetch(job_id: str, after: int, limit: int) -> tuple[list[EventOut], str | None]:
@@ -44,12 +52,17 @@ def _sse(event: EventOut) -> bytes:
     return f"id: {event.id}\nevent: {event.kind}\ndata: {payload}\n\n".encode()
 
 
-async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[bytes]:
+async def _stream(request: Request, job_id: str, after: int, key_id: str) -> AsyncIterator[bytes]:
     settings = get_settings()
     last_sent = time.monotonic()
     draining = False
     yield b"retry: 2000\n\n"
     while True:
+        # A stream can outlive its key: revocation must end it too, not only later requests.
+        if await run_in_threadpool(_key_revoked, key_id):
+            payload = json.dumps(error_body("unauthorized", "API key has been revoked"))
+            yield f"event: error\ndata: {payload}\n\n".encode()
+            return
         events, status = await run_in_threadpool(_fetch, job_id, after, _BATCH)
         for e in events:
             yield _sse(e)
@@ -100,7 +113,7 @@ def list_events(
             start = max(start, int(last_event_id.strip()))
         session.close()
         return StreamingResponse(
-            _stream(request, job_id, start),
+            _stream(request, job_id, start, principal.key_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

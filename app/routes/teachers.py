@@ -10,11 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.auth import Principal, require_key
+from app.auth import Principal, lock_owner, require_key
 from app.db import get_session, session_factory
 from app.errors import ApiError, not_found
 from app.models import ACTIVE_STATUSES, Job, JobStudent, Teacher, new_id
 from app.pagination import PageParams, is_valid_id
+from app.routing import SessionReleasingRoute
 from app.schemas import ErrorBody, Page, TeacherOut
 from app.settings import get_settings
 from app.storage import get_storage
@@ -23,7 +24,7 @@ from app.uploads import receive_upload
 from app.views import teacher_out
 from dfmscd.io.card import ModelCard
 
-router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"], route_class=SessionReleasingRoute)
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -64,14 +65,19 @@ def storage_used(session: Session, owner_id: str) -> int:
     return int(t) + int(s)
 
 
-def _check_quota(owner_id: str, extra: int) -> None:
+def _check_quota(session: Session, owner_id: str, extra: int) -> None:
     limit = get_settings().max_storage_bytes_per_key
     if not limit:
         return
-    with session_factory()() as session:
-        used = storage_used(session, owner_id)
+    used = storage_used(session, owner_id)
     if used + extra > limit:
         raise ApiError(413, "storage_quota_exceeded", f"storage quota of {limit} bytes would be exceeded ({used} used)")
+
+
+def _precheck_quota(owner_id: str, extra: int) -> None:
+    """Refuse early, before the file is stored; the binding check is the locked one in ``_insert``."""
+    with session_factory()() as session:
+        _check_quota(session, owner_id, extra)
 
 
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
@@ -104,14 +110,14 @@ async def upload_teacher(request: Request, principal: Principal = Depends(requir
         await run_in_threadpool(
             check_teacher, typed, card, max(settings.max_upload_bytes, 1), _clean_filename(upload.filename)
         )
-        await run_in_threadpool(_check_quota, principal.owner_id, upload.size_bytes)
+        await run_in_threadpool(_precheck_quota, principal.owner_id, upload.size_bytes)
 
         teacher_id = new_id("tch")
         key = f"teachers/{teacher_id}/weights.{'safetensors' if fmt == 'safetensors' else 'pt'}"
         stored = await run_in_threadpool(get_storage().put_file, key, typed)
         path = None  # moved into storage
         if stored.sha256 != upload.sha256:  # the file changed under us: refuse rather than lie
-            get_storage().delete(key)
+            get_storage().delete_prefix(f"teachers/{teacher_id}")
             raise ApiError(500, "internal_error", "stored file does not match the upload")
         row = Teacher(
             id=teacher_id,
@@ -126,11 +132,17 @@ async def upload_teacher(request: Request, principal: Principal = Depends(requir
 
         def _insert() -> Teacher:
             with session_factory()() as session:
-                session.add(row)
                 try:
+                    if get_settings().max_storage_bytes_per_key:
+                        # Simultaneous uploads all pass the early check; under the owner's lock
+                        # exactly those that fit are committed (the lock ends with the commit).
+                        lock_owner(session, principal.owner_id)
+                        _check_quota(session, principal.owner_id, upload.size_bytes)
+                    session.add(row)
                     session.commit()
                 except BaseException:
-                    get_storage().delete(key)
+                    session.rollback()
+                    get_storage().delete_prefix(f"teachers/{teacher_id}")  # this upload's own folder
                     raise
                 return row
 

@@ -200,3 +200,41 @@ def test_storage_quota_counts_students_and_is_freed_by_delete(client, teacher_fi
         assert upload_teacher(client, other, teacher_file).status_code == 201  # another key's quota
         assert client.delete(f"/v1/teachers/{t1['id']}", headers=h).status_code == 204
         assert upload_teacher(client, h, teacher_file).status_code == 201  # the deleted bytes came back
+
+
+def test_storage_quota_holds_under_concurrent_uploads(client, teacher_file):
+    """Eight simultaneous uploads against a quota that fits two: exactly two are stored."""
+    from app.models import Teacher
+
+    secret = make_key("quota-race")
+    h = _headers(secret)
+    size = teacher_file.stat().st_size
+    data = teacher_file.read_bytes()
+    card = json.dumps({"architecture": "resnet8", "num_classes": 10, "input_shape": [1, 8, 8],
+                       "mean": [0.5], "std": [0.25]})
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as ac:
+            return await asyncio.gather(*(
+                ac.post("/v1/teachers", headers=h, files={"file": ("t.safetensors", data), "card": (None, card)})
+                for _ in range(8)
+            ))
+
+    with settings_override(MAX_STORAGE_BYTES_PER_KEY=str(int(size * 2.5))):
+        rs = asyncio.run(burst())
+    codes = [r.status_code for r in rs]
+    assert sorted(codes) == [201, 201] + [413] * 6, [(r.status_code, r.text[:120]) for r in rs]
+    for r in rs:
+        if r.status_code == 413:
+            assert r.json()["error"]["code"] == "storage_quota_exceeded"
+    stored_dir = get_settings().storage_dir / "teachers"
+    accepted = {r.json()["id"] for r in rs if r.status_code == 201}
+    with session_scope() as s:
+        owner = s.scalar(select(ApiKey.owner_id).where(ApiKey.key_hash == hash_key(secret)))
+        rows = set(s.scalars(select(Teacher.id).where(Teacher.owner_id == owner)))
+    assert rows == accepted
+    # the refused uploads left no file behind: every teacher directory belongs to a row
+    with session_scope() as s:
+        all_ids = set(s.scalars(select(Teacher.id)))
+    assert {p.name for p in stored_dir.iterdir()} <= all_ids

@@ -204,3 +204,42 @@ def test_revoked_key_is_401_on_every_endpoint_at_once(client, tenants, teacher_f
     assert_error(upload_teacher(client, doomed, teacher_file), 401, "unauthorized")
     assert client.get(paths[0], headers=owner.headers).status_code == 200
     assert revoke_key(doomed_id) != 0  # a second revoke says so
+
+
+def test_revoking_a_key_ends_an_event_stream_it_opened(client, tenants):
+    """An SSE stream authenticated before the revocation stops at its next poll with an error event."""
+    import httpx
+    from conftest import live_server
+
+    from app.cli import revoke_key
+
+    owner = tenants["a"]
+    with session_scope() as s:
+        owner_id = s.scalar(select(ApiKey.owner_id).where(ApiKey.key_hash == hash_key(owner.secret)))
+        row, secret = create_api_key(s, "tenant-a-streaming", owner_id=owner_id)
+        key_id = row.id
+    # a job that cannot end during the test: queued, no worker on this database, a long budget
+    r = client.post("/v1/jobs", headers=owner.headers, json=job_body(owner.teacher["id"], budget={"epochs": 10_000}))
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    # Keep-alives every second bound the test if the stream never ends: only a poll that began
+    # before the revocation was committed may still send one; a second one means the stream
+    # outlived the key.
+    with live_server(RATE_LIMIT_PER_MINUTE="0", SSE_KEEPALIVE_SECONDS="1") as url:
+        headers = {**_headers(secret), "Accept": "text/event-stream"}
+        with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", headers=headers, timeout=30) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert next(lines) == "retry: 2000"  # the stream is authenticated and running
+            assert revoke_key(key_id) == 0
+            rest: list[str] = []
+            for line in lines:  # ends when the server closes the stream
+                rest.append(line)
+                assert rest.count(": keep-alive") < 2, f"the stream outlived its revoked key: {rest}"
+    assert "event: error" in rest, rest
+    data = rest[rest.index("event: error") + 1]
+    assert data.startswith("data: ") and '"code": "unauthorized"' in data and "revoked" in data
+    assert not any(line.startswith("event: end") for line in rest)
+    # the owner's other key still reads (and can cancel) this job
+    assert client.get(f"/v1/jobs/{job_id}", headers=owner.headers).status_code == 200
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=owner.headers).status_code in (200, 202)

@@ -73,12 +73,14 @@ def renew(session: Session, job_id: str, owner: str, lease_seconds: float) -> bo
     return res.rowcount == 1  # type: ignore[attr-defined]
 
 
-def still_owner(session: Session, job_id: str, owner: str) -> tuple[bool, str | None]:
-    """(do we hold the lease, current status) — one read for the cancellation poll."""
-    row = session.execute(select(Job.lease_owner, Job.status).where(Job.id == job_id)).one_or_none()
+def still_owner(session: Session, job_id: str, owner: str) -> tuple[bool, str | None, datetime | None]:
+    """(do we hold the lease, current status, when a cancel was asked) — one read for the cancellation poll."""
+    row = session.execute(
+        select(Job.lease_owner, Job.status, Job.cancel_requested_at).where(Job.id == job_id)
+    ).one_or_none()
     if row is None:
-        return False, None
-    return row[0] == owner, row[1]
+        return False, None, None
+    return row[0] == owner, row[1], row[2]
 
 
 def orphaned_job_ids(session: Session, now: datetime) -> list[str]:

@@ -15,7 +15,9 @@ import shutil
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from sqlalchemy import select, update
@@ -59,31 +61,53 @@ class Heartbeat(threading.Thread):
 
 
 class CancelPoll:
-    """``should_cancel`` for the Distiller: reads the job's status at most every ``interval`` s."""
+    """``should_cancel`` for the Distiller: reads the job's status at most every ``interval`` s.
+
+    The Distiller asks before every step and stops at the first True, so the work done after a
+    cancel request is the steps it was allowed to start after the request was committed. This
+    poll counts them (answers of False given after ``cancel_requested_at``) so the job's events
+    can say how promptly it stopped; ``interval`` 0 reads the database before every step.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str, interval: float, hb: Heartbeat) -> None:
         self.sessions, self.job_id, self.owner, self.interval, self.hb = sessions, job_id, owner, interval, hb
         self._last = float("-inf")
         self._answer = False
         self.lease_lost = False
+        self._allowed_at: deque[float] = deque(maxlen=100_000)  # wall times of the recent False answers
+        self.cancel_requested_at: datetime | None = None
+        self.steps_after_request: int | None = None  # set when a cancel request is first seen
+        self.seen_after_s: float | None = None
 
     def __call__(self) -> bool:
         if self.hb.lost:
             self.lease_lost = True
             return True
         now = time.monotonic()
-        if now - self._last < self.interval:
-            return self._answer
-        self._last = now
+        if now - self._last >= self.interval:
+            self._last = now
+            self._poll()
+        if not self._answer:
+            self._allowed_at.append(time.time())
+        return self._answer
+
+    def _poll(self) -> None:
         try:
             with self.sessions() as s:
-                owner_ok, status = still_owner(s, self.job_id, self.owner)
+                owner_ok, status, requested_at = still_owner(s, self.job_id, self.owner)
         except OperationalError:
-            return self._answer
+            return
         if not owner_ok:
             self.lease_lost = True
         self._answer = (not owner_ok) or status == "cancelling"
-        return self._answer
+        if status == "cancelling" and self.steps_after_request is None:
+            self.cancel_requested_at = requested_at
+            if requested_at is not None:
+                t = requested_at.timestamp() if requested_at.tzinfo else requested_at.replace(tzinfo=timezone.utc).timestamp()
+                self.steps_after_request = sum(1 for a in self._allowed_at if a > t)
+                self.seen_after_s = max(0.0, time.time() - t)
+            else:
+                self.steps_after_request = 0
 
 
 @dataclass
@@ -237,6 +261,12 @@ class JobRun:
             self.written.append(skey)
             samples_values = {"samples_key": stored.key, "samples_sha256": stored.sha256}
         final_status = "succeeded" if not partial else "cancelled"
+        if partial and should_cancel.steps_after_request is not None:
+            recorder.log(
+                f"stopped {should_cancel.steps_after_request} step(s) after the cancel request",
+                steps_after_cancel_request=should_cancel.steps_after_request,
+                cancel_seen_after_s=round(should_cancel.seen_after_s or 0.0, 3),
+            )
         recorder.log(f"job {final_status}", status=final_status)
         values: dict[str, Any] = {"report": _jsonable(result.report), **samples_values}
         if not partial:

@@ -67,6 +67,12 @@ def test_cancel_while_running_keeps_partial_students(client, auth, teacher, cele
     assert job["progress"] < 1.0
     student = job["students"][0]
     assert student["status"] == "cancelled" and student["partial"] is True and student["sha256"]
+    # Within one step: the worker (cancel poll 0) checks before every step, so at most the step
+    # that was running when the request was committed finished after it.
+    events = client.get(f"/v1/jobs/{jid}/events?limit=1000", headers=auth).json()["data"]
+    [stopped] = [e for e in events if "steps_after_cancel_request" in e["data"]]
+    assert 0 <= stopped["data"]["steps_after_cancel_request"] <= 1, stopped
+    assert events[-1]["data"]["message"] == "job cancelled"
     data = client.get(f"/v1/jobs/{jid}/students/resnet8/weights", headers=auth).content
     (tmp_path / "p.safetensors").write_bytes(data)
     module, _ = load_model(tmp_path / "p.safetensors")

@@ -65,7 +65,10 @@ class WorkerProcess:
 
 @pytest.fixture(scope="session")
 def celery_worker(service: dict[str, str], client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(service, tmp_path_factory.mktemp("worker") / "worker.log").start()
+    # Cancel poll 0: the worker reads the job's status before every step, so a cancel request
+    # must stop it within one step (asserted in test_end_to_end.py).
+    env = {**service, "DFMSCD_CANCEL_POLL_SECONDS": "0"}
+    w = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log").start()
     try:
         yield w
     finally:

@@ -102,7 +102,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
 
     worker = start_worker()
     try:
-        config = uvicorn.Config(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+        # Keep-alive longer than a client's (or load balancer's) idle time: a server closing an
+        # idle connection just as a request arrives on it resets it (client: ReadError).
+        config = uvicorn.Config(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5,
+                                timeout_keep_alive=75)
         server = _Server(config)
         server.run()
         return 0 if server.started else 1

@@ -164,7 +164,7 @@ def start_pg_redis(**settings: str) -> Server:
     try:
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"],
+             "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "75"],
             env=env, cwd=ROOT, stdout=open(api_log, "wb"), stderr=subprocess.STDOUT)
         server.procs.append(api)
         server.api_pid = api.pid

@@ -115,6 +115,21 @@ def _config(body: JobCreate) -> DistillConfig:
         raise _invalid(str(exc), "invalid_config") from None
 
 
+def _check_device(config: DistillConfig, settings: Settings) -> None:
+    """Refuse a device no worker has now, not hours later in the worker (the API may have no GPU)."""
+    device = config.device
+    if not device.startswith("cuda"):
+        return
+    gpus = settings.worker_gpus
+    if gpus == 0:
+        raise _invalid(f"hyperparameters.device: {device!r} asked for, but the workers have no GPU "
+                       "(use 'auto' or 'cpu')", "invalid_config")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= gpus:
+        raise _invalid(f"hyperparameters.device: {device!r} does not exist; the workers have {gpus} GPU(s), "
+                       f"cuda:0 to cuda:{gpus - 1}", "invalid_config")
+
+
 def _budget(body: JobCreate, config: DistillConfig, settings: Settings) -> Budget:
     if body.budget is None:
         return resolve_budget(config, None)
@@ -148,6 +163,7 @@ def plan_job(body: JobCreate, teacher: Teacher, settings: Settings) -> JobPlan:
     card = ModelCard.model_validate(teacher.card)
     metadata = _metadata(body, settings)
     config = _config(body)
+    _check_device(config, settings)
     budget = _budget(body, config, settings)
     students = _students(body, card, settings)
     return JobPlan(config=config, budget=budget, students=students, metadata=metadata)

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_students: int = Field(16, ge=1, le=64)
     max_metadata_bytes: int = Field(16 * 1024, ge=2)
     max_job_seconds: float = Field(7 * DAY_S, gt=0, description="longest wall-clock budget a job may ask for")
+    worker_gpus: int = Field(
+        1, ge=0, le=64, description="GPUs each worker has: jobs asking for cuda:N with N >= this are refused (0: none)"
+    )
 
     # Per-key limits (0 = unlimited).
     max_concurrent_jobs_per_key: int = Field(8, ge=0)

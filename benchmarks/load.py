@@ -300,8 +300,9 @@ def setup_jobs(server: Server, workdir: Path, n_jobs: int) -> list[str]:
     return ids
 
 
-def run_mode(mode: str, clients: int, seconds: float, uploads: int) -> dict[str, Any]:
-    server = start_embedded() if mode == "embedded" else start_pg_redis()
+def run_mode(mode: str, clients: int, seconds: float, uploads: int, settings: dict[str, str] | None = None) -> dict[str, Any]:
+    settings = settings or {}
+    server = start_embedded(**settings) if mode == "embedded" else start_pg_redis(**settings)
     try:
         with tempfile.TemporaryDirectory(prefix="dfmscd-load-files-") as tmp:
             work = Path(tmp)
@@ -315,7 +316,7 @@ def run_mode(mode: str, clients: int, seconds: float, uploads: int) -> dict[str,
             with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"},
                               timeout=60) as c:
                 statuses = [c.get(f"/v1/jobs/{j}").json()["status"] for j in job_ids]
-        return {"mode": mode, "polling": polling, "uploads": up, "job_statuses_after": statuses}
+        return {"mode": mode, "settings": settings, "polling": polling, "uploads": up, "job_statuses_after": statuses}
     finally:
         server.stop()
 
@@ -327,11 +328,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--uploads", type=int, default=20)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a server setting, e.g. --set API_THREADS=8 (becomes DFMSCD_API_THREADS)")
     args = ap.parse_args(argv)
+    settings = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            ap.error(f"--set wants NAME=VALUE, got {item!r}")
+        settings[f"DFMSCD_{name.upper()}"] = value
     modes = ["embedded", "pg"] if args.mode == "both" else [args.mode]
     results = []
     for m in modes:
-        results.append(run_mode(m, args.clients, args.seconds, args.uploads))
+        results.append(run_mode(m, args.clients, args.seconds, args.uploads, settings))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # each mode as soon as it is done
     text = json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2)
     print(text)

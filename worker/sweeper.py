@@ -1,7 +1,9 @@
 """Finds jobs a dead worker left behind and sends them again (they resume from their checkpoint).
 
 Runs in the worker's main process: once when the worker is ready and then every
-``sweep_seconds``. The claim in ``worker.lease`` keeps a duplicate message harmless.
+``sweep_seconds``. The claim in ``worker.lease`` keeps a duplicate message harmless. In the
+embedded mode it also empties the SQLite broker of delivered messages, which kombu's SQLAlchemy
+transport keeps for ever (marked invisible) and never reads again.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 import threading
 from datetime import timedelta
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, create_engine, inspect, or_, text
 
 from app.db import session_factory
 from app.models import Job, utcnow
@@ -53,6 +55,20 @@ def sweep_once() -> list[str]:
     return sent
 
 
+def purge_delivered_messages(broker_url: str) -> int:
+    """Delete the delivered (invisible) rows of a ``sqla+`` broker; 0 for any other broker."""
+    if not broker_url.startswith("sqla+"):
+        return 0
+    engine = create_engine(broker_url.removeprefix("sqla+"), connect_args={"timeout": 30} if "sqlite" in broker_url else {})
+    try:
+        if not inspect(engine).has_table("kombu_message"):
+            return 0
+        with engine.begin() as conn:
+            return conn.execute(text("DELETE FROM kombu_message WHERE visible = :no"), {"no": False}).rowcount or 0
+    finally:
+        engine.dispose()
+
+
 class Sweeper(threading.Thread):
     def __init__(self, interval: float) -> None:
         super().__init__(name="dfmscd-sweeper", daemon=True)
@@ -65,6 +81,12 @@ class Sweeper(threading.Thread):
                 sweep_once()
             except Exception:  # noqa: BLE001 - the DB may be restarting; keep sweeping
                 log.exception("sweep failed")
+            try:
+                purged = purge_delivered_messages(get_settings().resolved_broker_url)
+                if purged:
+                    log.info("sweep: removed %d delivered broker messages", purged)
+            except Exception:  # noqa: BLE001 - a busy SQLite file: try again next sweep
+                log.warning("sweep: could not purge delivered broker messages", exc_info=True)
             if self.stopped.wait(self.interval):
                 return
 

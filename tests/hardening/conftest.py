@@ -1,24 +1,23 @@
 """Fixtures for the hardening tests: the service fixtures of tests/app plus a few helpers.
 
 ``service_kit`` (tests/app) owns the real PostgreSQL database, Redis prefix, settings, the
-ASGI client, API keys and the reference teacher; this file only re-exports them and adds what
-several hardening files need: a snapshot of everything under storage and tmp (to prove that a
-refused request left nothing behind) and temporary settings overrides.
+ASGI client, API keys and the reference teacher; this file only re-exports them and adds the
+``leaves_no_trace`` fixture. Shared helpers live in ``hardening_kit`` (test files import it by
+that unique name: ``conftest`` is ambiguous when several test folders run in one session).
 """
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from hardening_kit import storage_files  # noqa: E402
 from service_kit import (  # noqa: E402,F401  (fixtures)
     auth,
     client,
@@ -29,34 +28,6 @@ from service_kit import (  # noqa: E402,F401  (fixtures)
     teacher,
     teacher_file,
 )
-
-
-def storage_files() -> set[str]:
-    """Every file (relative path) under DATA_DIR/storage and DATA_DIR/tmp."""
-    from app.settings import get_settings
-
-    s = get_settings()
-    out: set[str] = set()
-    for root in (s.storage_dir, s.tmp_dir):
-        if root.exists():
-            out |= {str(p.relative_to(s.data_dir)) for p in root.rglob("*") if p.is_file()}
-    return out
-
-
-@contextmanager
-def settings_override(**env: str) -> Iterator[None]:
-    """Set ``DFMSCD_<NAME>`` variables for the duration of a block and reload the settings."""
-    from app.settings import get_settings
-
-    mp = pytest.MonkeyPatch()
-    for name, value in env.items():
-        mp.setenv(f"DFMSCD_{name.upper()}", value)
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        mp.undo()
-        get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -70,33 +41,3 @@ def leaves_no_trace(client) -> Iterator[Callable[[], None]]:
 
     yield check
     check()
-
-
-@contextmanager
-def live_server(**env: str) -> Iterator[str]:
-    """A real uvicorn (a thread of this process, free port) on the test database; yields its URL.
-
-    ``env`` overrides settings for its life. The engine is rebuilt on entry and exit so that
-    pool settings take effect and later tests get the defaults back.
-    """
-    import uvicorn
-
-    from app.db import dispose_engines
-    from app.main import create_app
-    from service_kit import wait_for
-
-    with settings_override(**env):
-        dispose_engines()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            wait_for(lambda: server.started, timeout=60, what="uvicorn start")
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(30)
-            dispose_engines()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from hardening_kit import settings_override
 from service_kit import assert_error, job_body
 from sqlalchemy import func, select
 
@@ -53,6 +54,9 @@ BODY_CASES = [
     ("temperature-negative", dict(hyperparameters={"temperature": -1}), 422, "invalid_config", "temperature"),
     ("hyperparameter-wrong-type", dict(hyperparameters={"lr_s": {"a": 1}}), 422, "invalid_config", "lr_s"),
     ("hyperparameter-string", dict(hyperparameters={"kd_steps": "ten"}), 422, "invalid_config", "kd_steps"),
+    ("device-cuda-99", dict(hyperparameters={"device": "cuda:99"}), 422, "invalid_config",
+     "'cuda:99' does not exist; the workers have 1 GPU(s), cuda:0 to cuda:0"),
+    ("device-unknown", dict(hyperparameters={"device": "tpu"}), 422, "invalid_config", "device"),
     ("seed-over-uint32", dict(seed=2**70), 422, "invalid_config", "seed"),
     ("seed-negative", dict(seed=-1), 422, "invalid_config", "seed"),
     ("budget-epochs-huge", dict(budget={"epochs": 10**30}), 422, "invalid_budget", "budget.epochs"),
@@ -106,6 +110,17 @@ def test_malformed_body_or_wrong_content_type_is_4xx(client, auth, ctype, raw, s
     headers = {**auth, **({"Content-Type": ctype} if ctype else {})}
     assert_error(client.post("/v1/jobs", headers=headers, content=raw), status, code, text)
     assert _job_count() == before
+
+
+def test_a_cuda_job_is_refused_when_the_workers_have_no_gpu(client, auth, teacher):
+    before = _job_count()
+    with settings_override(WORKER_GPUS="0"):
+        for device in ("cuda", "cuda:0"):
+            body = job_body(teacher["id"], hyperparameters={"device": device})
+            assert_error(client.post("/v1/jobs", headers=auth, json=body), 422, "invalid_config", "the workers have no GPU")
+        r = client.post("/v1/jobs", headers=auth, json=job_body(teacher["id"], hyperparameters={"device": "auto"}))
+        assert r.status_code == 202, r.text
+    assert _job_count() == before + 1
 
 
 def test_an_oversized_chunked_job_body_is_413_before_it_is_read_whole(client, auth, teacher):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import settings_override
+from hardening_kit import settings_override
 from safetensors.torch import load_file, save
 from service_kit import CARD, assert_error
 

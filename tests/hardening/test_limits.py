@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import settings_override
+from hardening_kit import settings_override
 from service_kit import REDIS_URL, assert_error, job_body, make_key, upload_teacher, wait_for
 from sqlalchemy import func, select, update
 

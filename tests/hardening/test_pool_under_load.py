@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import live_server
+from hardening_kit import live_server
 from service_kit import job_body
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import httpx
 import pytest
+from hardening_kit import live_server
 from service_kit import assert_error, job_body, make_key, upload_teacher
 from sqlalchemy import inspect, select, text, update
 
@@ -208,9 +210,6 @@ def test_revoked_key_is_401_on_every_endpoint_at_once(client, tenants, teacher_f
 
 def test_revoking_a_key_ends_an_event_stream_it_opened(client, tenants):
     """An SSE stream authenticated before the revocation stops at its next poll with an error event."""
-    import httpx
-    from conftest import live_server
-
     from app.cli import revoke_key
 
     owner = tenants["a"]

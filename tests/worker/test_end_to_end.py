@@ -72,6 +72,7 @@ def test_cancel_while_running_keeps_partial_students(client, auth, teacher, cele
     events = client.get(f"/v1/jobs/{jid}/events?limit=1000", headers=auth).json()["data"]
     [stopped] = [e for e in events if "steps_after_cancel_request" in e["data"]]
     assert 0 <= stopped["data"]["steps_after_cancel_request"] <= 1, stopped
+    print(f"cancel figures: {stopped['data']}")  # for docs/reliability.md (pytest -s)
     assert events[-1]["data"]["message"] == "job cancelled"
     data = client.get(f"/v1/jobs/{jid}/students/resnet8/weights", headers=auth).content
     (tmp_path / "p.safetensors").write_bytes(data)

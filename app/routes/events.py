@@ -27,14 +27,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["events"], route_class=SessionReleas
 _BATCH = 500
 
 
-def _key_revoked(key_id: str) -> bool:
+def _fetch(job_id: str, after: int, limit: int, key_id: str | None = None) -> tuple[list[EventOut], str | None, bool]:
+    """(events after ``after``, the job's status, whether ``key_id`` was revoked) in one session."""
     with session_factory()() as session:
-        row = session.get(ApiKey, key_id)
-        return row is None or row.revoked_at is not None
-
-
-def _fetch(job_id: str, after: int, limit: int) -> tuple[list[EventOut], str | None]:
-    with session_factory()() as session:
+        if key_id is not None:
+            key = session.get(ApiKey, key_id)
+            if key is None or key.revoked_at is not None:
+                return [], None, True
         rows = list(
             session.scalars(
                 select(JobEvent)
@@ -44,7 +43,7 @@ def _fetch(job_id: str, after: int, limit: int) -> tuple[list[EventOut], str | N
             )
         )
         status = session.scalar(select(Job.status).where(Job.id == job_id))
-    return [event_out(r) for r in rows], status
+    return [event_out(r) for r in rows], status, False
 
 
 def _sse(event: EventOut) -> bytes:
@@ -58,12 +57,11 @@ async def _stream(request: Request, job_id: str, after: int, key_id: str) -> Asy
     draining = False
     yield b"retry: 2000\n\n"
     while True:
-        # A stream can outlive its key: revocation must end it too, not only later requests.
-        if await run_in_threadpool(_key_revoked, key_id):
+        events, status, revoked = await run_in_threadpool(_fetch, job_id, after, _BATCH, key_id)
+        if revoked:  # a stream can outlive its key: revocation must end it too, not only later requests
             payload = json.dumps(error_body("unauthorized", "API key has been revoked"))
             yield f"event: error\ndata: {payload}\n\n".encode()
             return
-        events, status = await run_in_threadpool(_fetch, job_id, after, _BATCH)
         for e in events:
             yield _sse(e)
             after = e.id
@@ -117,7 +115,7 @@ def list_events(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    events, _ = _fetch(job_id, start, limit + 1)
+    events, _, _ = _fetch(job_id, start, limit + 1)
     more = len(events) > limit
     events = events[:limit]
     return Page[EventOut](data=events, has_more=more, next=str(events[-1].id) if more else None)

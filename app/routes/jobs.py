@@ -12,7 +12,7 @@ from app.db import get_session
 from app.errors import ApiError, not_found
 from app.job_requests import JobPlan, plan_job, request_hash
 from app.models import ACTIVE_STATUSES, JOB_STATUSES, IdempotencyKey, Job, JobStudent, Teacher, new_id, utcnow
-from app.pagination import PageParams, is_valid_id
+from app.pagination import PageParams, is_valid_id, keyset_page
 from app.queue import BrokerUnavailable, enqueue_job
 from app.routes.teachers import get_owned_teacher
 from app.routing import SessionReleasingRoute
@@ -176,12 +176,8 @@ def list_jobs(
             raise ApiError(422, "validation_error", f"query status: unknown status {bad[0] if bad else status!r}; "
                            f"use {', '.join(JOB_STATUSES)}")
         q = q.where(Job.status.in_(wanted))
-    if page.after:
-        q = q.where(Job.id < page.after)
-    rows = list(session.scalars(q.order_by(Job.id.desc()).limit(page.limit + 1)))
-    more = len(rows) > page.limit
-    rows = rows[: page.limit]
-    return Page[JobOut](data=[job_out(j) for j in rows], has_more=more, next=rows[-1].id if more else None)
+    rows, next_cursor = keyset_page(session, q, Job.id, page)
+    return Page[JobOut](data=[job_out(j) for j in rows], has_more=next_cursor is not None, next=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)

@@ -14,7 +14,7 @@ from app.auth import Principal, lock_owner, require_key
 from app.db import get_session, session_factory
 from app.errors import ApiError, not_found
 from app.models import ACTIVE_STATUSES, Job, JobStudent, Teacher, new_id
-from app.pagination import PageParams, is_valid_id
+from app.pagination import PageParams, is_valid_id, keyset_page
 from app.routing import SessionReleasingRoute
 from app.schemas import ErrorBody, Page, TeacherOut
 from app.settings import get_settings
@@ -167,12 +167,8 @@ def list_teachers(
     session: Session = Depends(get_session),
 ) -> Page[TeacherOut]:
     q = select(Teacher).where(Teacher.owner_id == principal.owner_id)
-    if page.after:
-        q = q.where(Teacher.id < page.after)
-    rows = list(session.scalars(q.order_by(Teacher.id.desc()).limit(page.limit + 1)))
-    more = len(rows) > page.limit
-    rows = rows[: page.limit]
-    return Page[TeacherOut](data=[teacher_out(r) for r in rows], has_more=more, next=rows[-1].id if more else None)
+    rows, next_cursor = keyset_page(session, q, Teacher.id, page)
+    return Page[TeacherOut](data=[teacher_out(r) for r in rows], has_more=next_cursor is not None, next=next_cursor)
 
 
 @router.get("/{teacher_id}", response_model=TeacherOut, responses=_ERRORS)

@@ -30,7 +30,7 @@ for extra in (ROOT, ROOT / "tests" / "app", ROOT / "tests" / "worker"):
         sys.path.insert(0, str(extra))
 
 from service_kit import require_service, wait_for  # noqa: E402
-from worker_kit import WorkerProcess  # noqa: E402,F401  (re-exported for the fault tests)
+from worker_kit import WorkerProcess, stop_process_group  # noqa: E402,F401  (WorkerProcess: for the fault tests)
 
 
 def free_port() -> int:
@@ -170,15 +170,8 @@ class ApiProcess:
         self._log.close()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
+        if stop_process_group(self.proc):
+            self._log.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

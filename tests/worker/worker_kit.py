@@ -15,6 +15,22 @@ import pytest
 from service_kit import ROOT, wait_for
 
 
+def stop_process_group(proc: subprocess.Popen[bytes] | None) -> bool:
+    """SIGTERM a process started with ``start_new_session`` and its children, SIGKILL after 20 s.
+
+    False when there was nothing running to stop.
+    """
+    if proc is None or proc.poll() is not None:
+        return False
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    return True
+
+
 class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
@@ -52,15 +68,8 @@ class WorkerProcess:
         self.proc.wait(30)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
+        if stop_process_group(self.proc):
+            self._log.close()
 
 
 @pytest.fixture(scope="session")

@@ -221,6 +221,37 @@ def teacher(client: Any, auth: dict[str, str], teacher_file: Path) -> dict[str, 
     return r.json()
 
 
+def store_results_like_the_worker(job_id: str, teacher_card: dict[str, Any], png: bytes,
+                                  seed: int | None = None) -> tuple[Any, Any]:
+    """Store a resnet8 student and samples for a job as the worker does, and mark it succeeded.
+
+    Returns (the stored student's ``Stored`` record, the module). ``seed`` fixes its weights.
+    """
+    import torch
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.models import Job, JobStudent
+    from app.storage import get_storage
+    from dfmscd.io import ModelCard, save_model
+    from dfmscd.models import create_model
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    card = ModelCard.model_validate(teacher_card)
+    module = create_model("resnet8", num_classes=10, in_channels=1, image_size=8).eval()
+    storage = get_storage()
+    stored = storage.write(f"jobs/{job_id}/students/resnet8.t0.safetensors", lambda p: save_model(module, card, p))
+    samples = storage.write(f"jobs/{job_id}/samples.t0.png", lambda p: p.write_bytes(png))
+    with session_scope() as s:
+        s.execute(update(JobStudent).where(JobStudent.job_id == job_id).values(
+            status="succeeded", storage_key=stored.key, sha256=stored.sha256, size_bytes=stored.size_bytes,
+            card=card.model_dump(mode="json")))
+        s.execute(update(Job).where(Job.id == job_id).values(
+            status="succeeded", progress=1.0, samples_key=samples.key, samples_sha256=samples.sha256))
+    return stored, module
+
+
 def job_body(teacher_id: str, **over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "teacher_id": teacher_id,

@@ -6,14 +6,12 @@ import hashlib
 
 import pytest
 import torch
-from service_kit import assert_error, job_body
+from service_kit import assert_error, job_body, store_results_like_the_worker
 from sqlalchemy import update
 
 from app.db import session_scope
-from app.models import Job, JobStudent
-from app.storage import get_storage
-from dfmscd.io import ModelCard, load_model, save_model
-from dfmscd.models import create_model
+from app.models import JobStudent
+from dfmscd.io import load_model
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +19,7 @@ def finished_job(client, auth, teacher) -> dict:
     """A job whose results were stored exactly as the worker stores them."""
     r = client.post("/v1/jobs", headers=auth, json=job_body(teacher["id"]))
     jid = r.json()["id"]
-    card = ModelCard.model_validate({**teacher["card"]})
-    module = create_model("resnet8", num_classes=10, in_channels=1, image_size=8).eval()
-    storage = get_storage()
-    stored = storage.write(f"jobs/{jid}/students/resnet8.t0.safetensors", lambda p: save_model(module, card, p))
-    png = storage.write(f"jobs/{jid}/samples.t0.png", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\nfake"))
-    with session_scope() as s:
-        s.execute(update(JobStudent).where(JobStudent.job_id == jid).values(
-            status="succeeded", storage_key=stored.key, sha256=stored.sha256, size_bytes=stored.size_bytes,
-            card=card.model_dump(mode="json")))
-        s.execute(update(Job).where(Job.id == jid).values(
-            status="succeeded", progress=1.0, samples_key=png.key, samples_sha256=png.sha256))
+    stored, module = store_results_like_the_worker(jid, teacher["card"], b"\x89PNG\r\n\x1a\nfake")
     return {"id": jid, "sha256": stored.sha256, "size": stored.size_bytes, "module": module}
 
 

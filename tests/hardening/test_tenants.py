@@ -15,40 +15,19 @@ from typing import Any
 import httpx
 import pytest
 from hardening_kit import live_server
-from service_kit import assert_error, job_body, make_key, upload_teacher
-from sqlalchemy import inspect, select, text, update
+from service_kit import assert_error, job_body, make_key, store_results_like_the_worker, upload_teacher
+from sqlalchemy import inspect, select, text
 
 from app.auth import create_api_key, hash_key
 from app.db import get_engine, session_scope
-from app.models import ApiKey, Job, JobStudent
+from app.models import ApiKey, Job
 from app.storage import get_storage
-from dfmscd.io import ModelCard, save_model
-from dfmscd.models import create_model
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"tenant-samples"
 
 
 def _headers(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
-
-
-def _finish_job(job_id: str, teacher_card: dict[str, Any], seed: int) -> str:
-    """Store a student and samples exactly as the worker does and mark the job succeeded."""
-    import torch
-
-    torch.manual_seed(seed)
-    card = ModelCard.model_validate(teacher_card)
-    module = create_model("resnet8", num_classes=10, in_channels=1, image_size=8).eval()
-    storage = get_storage()
-    stored = storage.write(f"jobs/{job_id}/students/resnet8.t0.safetensors", lambda p: save_model(module, card, p))
-    png = storage.write(f"jobs/{job_id}/samples.t0.png", lambda p: p.write_bytes(PNG))
-    with session_scope() as s:
-        s.execute(update(JobStudent).where(JobStudent.job_id == job_id).values(
-            status="succeeded", storage_key=stored.key, sha256=stored.sha256, size_bytes=stored.size_bytes,
-            card=card.model_dump(mode="json")))
-        s.execute(update(Job).where(Job.id == job_id).values(
-            status="succeeded", progress=1.0, samples_key=png.key, samples_sha256=png.sha256))
-    return stored.sha256
 
 
 class Tenant:
@@ -63,7 +42,7 @@ class Tenant:
         r = client.post("/v1/jobs", headers=self.headers, json=job_body(self.teacher["id"]))
         assert r.status_code == 202, r.text
         self.job_id = r.json()["id"]
-        self.student_sha256 = _finish_job(self.job_id, self.teacher["card"], seed)
+        self.student_sha256 = store_results_like_the_worker(self.job_id, self.teacher["card"], PNG, seed)[0].sha256
 
     def new_teacher(self, client: Any, teacher_file: Any) -> str:
         r = upload_teacher(client, self.headers, teacher_file)

@@ -57,7 +57,7 @@ def test_killed_worker_job_resumes_from_checkpoint_and_succeeds(client, auth, te
     assert job["status"] == "succeeded", (job["error"], rescuer.log())
     assert job["attempts"] == 2 and job["epoch"] == 12
     # resumed by the rescuer, or by another worker of this test session whose sweep saw it first
-    assert first.log().count(f"job {jid}: claimed") == 1
+    assert first.full_log().count(f"job {jid}: claimed") == 1
     events = client.get(f"/v1/jobs/{jid}/events?limit=1000", headers=auth).json()["data"]
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))  # one writer at a time
     resumed = [e for e in events if e["kind"] == "log" and e["data"]["message"].startswith("resumed from")]

@@ -59,7 +59,12 @@ class WorkerProcess:
         return self.launch().wait_ready(timeout)
 
     def log(self) -> str:
+        """The log's tail, for assertion messages."""
         return self.log_path.read_text(errors="replace")[-6000:]
+
+    def full_log(self) -> str:
+        """The whole log, for counting what the worker did (the tail can lose early lines)."""
+        return self.log_path.read_text(errors="replace")
 
     def kill_all(self) -> None:
         """SIGKILL the whole worker (main process and the job's child): a crashed machine."""

@@ -10,4 +10,4 @@ UV="python3 -m uv"
 export UV_PYTHON_DOWNLOADS=never
 # Byte-compile on first import: without .pyc files every process re-compiles torch (10-20 s each).
 unset PYTHONDONTWRITEBYTECODE
-$UV sync --frozen --quiet
+$UV sync --frozen --quiet --extra service

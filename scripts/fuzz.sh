@@ -25,8 +25,8 @@ export DFMSCD_TORCH_THREADS=${DFMSCD_TORCH_THREADS:-1}
 # tests/hardening/test_limits.py); lift it so the fuzzer reaches the handlers.
 export DFMSCD_RATE_LIMIT_PER_MINUTE=${DFMSCD_RATE_LIMIT_PER_MINUTE:-0}
 
-KEY=$(uv run --frozen dfmscd keys create --name fuzz 2>/dev/null | tail -n 1)
-uv run --frozen dfmscd serve --port "$FUZZ_PORT" >"$FUZZ_OUT/server.log" 2>&1 &
+KEY=$(uv run --frozen --extra service dfmscd keys create --name fuzz 2>/dev/null | tail -n 1)
+uv run --frozen --extra service dfmscd serve --port "$FUZZ_PORT" >"$FUZZ_OUT/server.log" 2>&1 &
 SERVER_PID=$!
 trap 'kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true' EXIT
 
@@ -38,7 +38,7 @@ done
 
 echo "fuzz: ${FUZZ_SECONDS}s against http://127.0.0.1:$FUZZ_PORT, reports in $FUZZ_OUT" >&2
 set +e
-uv run --frozen schemathesis run "http://127.0.0.1:$FUZZ_PORT/openapi.json" \
+uv run --frozen --extra service schemathesis run "http://127.0.0.1:$FUZZ_PORT/openapi.json" \
   -H "Authorization: Bearer $KEY" \
   --checks "$CHECKS" \
   --max-time "$FUZZ_SECONDS" \

@@ -6,4 +6,4 @@ bash scripts/services.sh || { [ "${CI:-}" = true ] && exit 1; echo "[dfmscd] ser
 # The suite runs API, workers and pytest side by side: one thread each avoids OpenMP oversubscription
 # (measured here under load: resnet8 fwd+bwd 36 ms with 1 thread vs 703 ms with 2).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-exec python3 -m uv run --frozen pytest "$@"
+exec python3 -m uv run --frozen --extra service pytest "$@"

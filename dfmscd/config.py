@@ -95,14 +95,23 @@ class DistillConfig(BaseModel):
     # --- pool of synthesized images ---
     pool_capacity: int = Field(60_000, ge=16, le=10_000_000)
     pool_eviction: Literal["fifo", "reservoir"] = "fifo"
+    kd_sampling: Literal["uniform", "balanced"] = Field(
+        "balanced", description="KD batches drawn uniformly from the pool, or balanced over the teacher's argmax classes")
+    pool_admission: Literal["all", "recognised"] = Field(
+        "all", description="'recognised': only images the teacher classifies as the requested label enter the pool")
 
     # --- runtime ---
     seed: int = Field(0, ge=0, le=2**32 - 1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     checkpoint_every: int = Field(10, ge=1, le=100_000, description="epochs between checkpoints")
+    autocast: Literal["auto", "off", "bf16"] = Field(
+        "auto", description="mixed precision for teacher and students: auto = bf16 on CUDA, off on CPU")
+    channels_last: bool | None = Field(None, description="channels-last layout for the networks; None: on CUDA only")
+    pool_on_device: bool | None = Field(None, description="keep the pool on the accelerator; None: on CUDA when it fits in 2 GiB")
 
     def single_student_baseline(self) -> "DistillConfig":
-        """The Fast-DFKD baseline: one generator, i.i.d. labels, no peer or inter-student terms."""
+        """The Fast-DFKD baseline: one generator, i.i.d. labels, no peer or inter-student terms,
+        an unconditional generator, uniform KD batches over everything synthesized."""
         return self.model_copy(
             update=dict(
                 label_bridging=False,
@@ -111,6 +120,8 @@ class DistillConfig(BaseModel):
                 num_generators=1,
                 diversity=0.0,
                 conditional_generator=False,
+                kd_sampling="uniform",
+                pool_admission="all",
             )
         )
 

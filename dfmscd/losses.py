@@ -79,6 +79,19 @@ def inter_student_loss(student_logits: Sequence[Tensor], teacher_logits: Tensor)
     return -(torch.stack(pairs).mean(dim=0) * mask).mean()
 
 
+def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Mean over the batch of ``w[y_i] · CE_i`` (plain mean CE when ``class_weights`` is None).
+
+    Not normalised by the sum of the weights: with balanced labels and weights that average to
+    1 over classes (``synthesis.label_bridge.class_weights``) the loss keeps its usual scale, and
+    an under-recognised class's samples weigh more in absolute terms.
+    """
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    if class_weights is None:
+        return ce.mean()
+    return (class_weights.to(ce.dtype)[labels] * ce).mean()
+
+
 def diversity_loss(summary: Tensor, other_summaries: Sequence[Tensor]) -> Tensor:
     """Mean cosine similarity between this generator's batch summary and the others' (detached).
 
@@ -100,4 +113,5 @@ __all__ = [
     "js_per_sample",
     "inter_student_loss",
     "diversity_loss",
+    "weighted_cross_entropy",
 ]

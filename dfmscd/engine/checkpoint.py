@@ -22,7 +22,7 @@ from dfmscd.errors import CheckpointError
 
 FORMAT = "dfmscd-run-checkpoint/1"
 # Fields that may differ between the interrupted and the resuming run without changing results.
-_FINGERPRINT_EXCLUDED = ("checkpoint_every", "device")
+_FINGERPRINT_EXCLUDED = ("checkpoint_every", "device", "pool_on_device")
 
 
 def module_digest(module: nn.Module) -> str:

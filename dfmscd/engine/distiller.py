@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,10 +24,10 @@ import torch.nn as nn
 from dfmscd.config import Budget, DistillConfig, resolve_budget
 from dfmscd.engine import checkpoint as ckpt
 from dfmscd.engine.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
-from dfmscd.engine.report import balance, held_out_agreement, pool_report
+from dfmscd.engine.report import balance, held_out_agreement, pool_diversity, pool_report
 from dfmscd.engine.samples import pick_samples
 from dfmscd.engine.students import StudentGroup, build_student, cosine_factor
-from dfmscd.engine.types import DistillResult, Event, StudentSpec, check_student_names
+from dfmscd.engine.types import DistillResult, Event, Outcome, Phase, StudentSpec, check_student_names
 from dfmscd.engine.validation import check_teacher, student_card
 from dfmscd.errors import CheckpointError, UnknownArchitectureError
 from dfmscd.io.card import ModelCard
@@ -45,6 +46,48 @@ from dfmscd.synthesis import (
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
+POOL_ON_DEVICE_MAX_BYTES = 2 * 2**30
+EMA = 0.7  # smoothing of the per-step duration estimates that keep a seconds budget
+
+
+@dataclass
+class RunState:
+    """The run's counters: what a checkpoint stores besides the components' own states.
+
+    Checkpointing (``Distiller._state``) and restoring (``Distiller._restore``) both go through
+    ``to_checkpoint`` / ``from_checkpoint`` and ``Distiller._components``, so a new field is
+    listed once. ``elapsed`` is the wall time of earlier sessions (the live figure is
+    ``Distiller.elapsed``).
+    """
+
+    epoch: int = 0
+    kd_steps_done: int = 0
+    images_synthesized: int = 0
+    elapsed: float = 0.0
+    synth_s: float = 0.0
+    kd_s: float = 0.0
+    checkpoint_s: float = 0.0
+    completed: bool = False
+    last_losses: list[float | None] = field(default_factory=list)
+
+    _INT = ("epoch", "kd_steps_done", "images_synthesized")
+    _FLOAT = ("elapsed", "synth_s", "kd_s")
+
+    def to_checkpoint(self, elapsed: float) -> dict[str, Any]:
+        out = asdict(self)
+        out["elapsed"] = elapsed
+        out["last_losses"] = [float("nan") if v is None else float(v) for v in self.last_losses]
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> "RunState":
+        return cls(
+            **{k: int(state[k]) for k in cls._INT},
+            **{k: float(state[k]) for k in cls._FLOAT},
+            checkpoint_s=float(state.get("checkpoint_s", 0.0)),
+            completed=bool(state["completed"]),
+            last_losses=[None if v != v else float(v) for v in state["last_losses"]],
+        )
 
 
 class Distiller:
@@ -83,9 +126,17 @@ class Distiller:
         cfg, card, dev = self.config, self.card, self.device
         c, h, _ = card.input_shape
         seed_everything(cfg.seed)
+        cuda = dev.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        self.amp_dtype = torch.bfloat16 if (cfg.autocast == "bf16" or (cfg.autocast == "auto" and cuda)) else None
+        channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.teacher = copy.deepcopy(self._teacher_src).to(dev).eval().requires_grad_(False)
+        self.teacher = self.teacher.to(memory_format=self.memory_format)
         self.hooks = TeacherBNHooks(self.teacher, cfg.bn_momentum)
-        self.students = StudentGroup([build_student(s, card.num_classes, card.input_shape).to(dev) for s in self.specs], cfg)
+        modules = [build_student(s, card.num_classes, card.input_shape).to(dev).to(memory_format=self.memory_format) for s in self.specs]
+        self.students = StudentGroup(modules, cfg, amp_dtype=self.amp_dtype)
         k = resolve_num_generators(cfg.num_generators, len(self.specs))
         conditional_on = card.num_classes if cfg.conditional_generator else 0
 
@@ -93,7 +144,10 @@ class Distiller:
             return Generator(cfg.latent_dim, cfg.generator_width, c, h, card.mean, card.std, conditional_on)
 
         self.mixture = MixtureOfGenerators(k, len(self.specs), make_gen, cfg.lr_g * cfg.inner_steps, dev)
-        self.pool = ImagePool(cfg.pool_capacity, card.input_shape, card.num_classes, cfg.pool_eviction, seed=cfg.seed + 1)
+        pool_bytes = cfg.pool_capacity * c * h * h
+        on_device = (cuda and pool_bytes <= POOL_ON_DEVICE_MAX_BYTES) if cfg.pool_on_device is None else cfg.pool_on_device
+        self.pool = ImagePool(cfg.pool_capacity, card.input_shape, card.num_classes, cfg.pool_eviction,
+                              seed=cfg.seed + 1, device=dev if on_device else "cpu")  # fmt: skip
         self.labels = make_label_source(card.num_classes, cfg.label_bridging, cfg.bridge_correction, seed=cfg.seed + 2)
         flip = (c == 3) if cfg.augment_flip is None else cfg.augment_flip
         self.augment = DiffAugment(h, flip=flip) if cfg.augment else None
@@ -105,14 +159,15 @@ class Distiller:
             self.warmup = min(cfg.warmup_epochs, scaled, self.budget.epochs - 1)
         else:
             self.warmup = cfg.warmup_epochs
-        # counters (all checkpointed)
-        self.epoch, self.kd_steps_done, self.images_synthesized = 0, 0, 0
-        self.elapsed_before, self.synth_s, self.kd_s = 0.0, 0.0, 0.0
-        self.completed = False
-        self.last_losses: list[float | None] = [None] * len(self.specs)
+        self.st = RunState(last_losses=[None] * len(self.specs))  # everything here is checkpointed
         self.resumed_from: int | None = None
         self._cancelled = False
         self._last_progress = 0.0
+        # per-step duration estimates (seconds), for ending a seconds budget on time
+        self._synth_step_s: float | None = None
+        self._kd_step_s: float | None = None
+        self._save_s = 0.0
+        self._epoch_stats: dict[str, float] = {}
         self.fingerprint = ckpt.run_fingerprint(
             cfg.model_dump(mode="json"),
             self.budget.model_dump(exclude_none=True),
@@ -121,9 +176,18 @@ class Distiller:
             ckpt.module_digest(self.teacher),
         )
 
+    def _components(self) -> dict[str, Any]:
+        """The stateful parts of a run, by checkpoint key (each has state_dict/load_state_dict)."""
+        return {"students": self.students, "mixture": self.mixture, "pool": self.pool,
+                "labels": self.labels, "bn_ema": self.hooks}  # fmt: skip
+
     # ------------------------------------------------------------------ helpers
+    @property
+    def epoch(self) -> int:
+        return self.st.epoch
+
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        event = Event(kind=kind, epoch=self.epoch, progress=self._progress(), data=data)
+        event = Event(kind=kind, epoch=self.st.epoch, progress=self._progress(), data=data)
         for cb in self.callbacks:
             cb(event)
 
@@ -138,37 +202,39 @@ class Distiller:
 
     @property
     def elapsed(self) -> float:
-        return self.elapsed_before + (time.perf_counter() - self._session_start)
+        return self.st.elapsed + (time.perf_counter() - self._session_start)
 
     def _in_warmup(self) -> bool:
-        if self.epoch >= self.warmup:
+        if self.st.epoch >= self.warmup:
             return False
         if self.budget.seconds is not None:  # warm-up takes at most the config's share of the time
             return self.elapsed < self.budget.seconds * self.config.warmup_epochs / self.config.epochs
         return True
 
     def _finished(self) -> bool:
-        if self.completed:
+        if self.st.completed:
             return True
         if self.budget.epochs is not None:
-            return self.epoch >= self.budget.epochs
-        return self.elapsed >= self.budget.seconds
+            return self.st.epoch >= self.budget.epochs
+        return self.elapsed >= self._deadline()
 
     def _progress(self, within_epoch: float = 0.0) -> float:
-        if getattr(self, "completed", False):
+        st = getattr(self, "st", None)
+        if st is not None and st.completed:
             return 1.0
+        epoch = st.epoch if st is not None else 0
         if self.budget.epochs is not None:
-            return min(1.0, (self.epoch + within_epoch) / self.budget.epochs)
+            return min(1.0, (epoch + within_epoch) / self.budget.epochs)
         start = getattr(self, "_session_start", None)
-        return 0.0 if start is None else min(1.0, self.elapsed / self.budget.seconds)
+        return 0.0 if start is None or st is None else min(1.0, self.elapsed / self.budget.seconds)
 
     def _schedule_fraction(self) -> float:
         if self.budget.epochs is not None:
             total = max(1, (self.budget.epochs - self.warmup) * self.config.kd_steps)
-            return self.kd_steps_done / total
-        return self.elapsed / self.budget.seconds
+            return self.st.kd_steps_done / total
+        return self.elapsed / max(self._deadline(), 1e-9)
 
-    def _maybe_progress(self, within_epoch: float, phase: str) -> None:
+    def _maybe_progress(self, within_epoch: float, phase: Phase) -> None:
         now = time.perf_counter()
         if now - self._last_progress < PROGRESS_EVERY_S:
             return
@@ -178,30 +244,52 @@ class Distiller:
             eta = max(0.0, self.budget.seconds - self.elapsed)
         else:
             eta = self.elapsed * (1 - p) / p if p > 0 else None
-        event = Event("progress", self.epoch, p, {"fraction": p, "epoch": self.epoch, "phase": phase, "eta_s": eta, "elapsed_s": self.elapsed})
+        event = Event("progress", self.st.epoch, p,
+                      {"fraction": p, "epoch": self.st.epoch, "phase": phase.value, "eta_s": eta, "elapsed_s": self.elapsed})  # fmt: skip
         for cb in self.callbacks:
             cb(event)
 
     def _to_input(self, images_u8: torch.Tensor, augment: bool) -> torch.Tensor:
-        x01 = images_u8.to(self.device).float() / 255.0
+        x01 = images_u8.to(self.device, non_blocking=True).float() / 255.0
         if augment and self.augment is not None:
             x01 = self.augment(x01)
-        return (x01 - self.norm_mean) / self.norm_std
+        return ((x01 - self.norm_mean) / self.norm_std).contiguous(memory_format=self.memory_format)
+
+    # ------------------------------------------------------------------ time keeping
+    def _reserve_s(self) -> float:
+        """Seconds kept back at the end of a seconds budget: the held-out evaluation (one
+        synthesis round per generator), the final checkpoint, and a small margin."""
+        synth = self._synth_step_s or 0.0
+        return len(self.mixture) * synth * 1.2 + self._save_s + 0.25
+
+    def _deadline(self) -> float:
+        """When training must stop so that the run, evaluation included, ends at the budget."""
+        assert self.budget.seconds is not None
+        return max(0.0, self.budget.seconds - self._reserve_s())
+
+    def _out_of_time(self, next_step_s: float | None) -> bool:
+        """True when a seconds budget cannot fit one more step of the estimated duration."""
+        if self.budget.seconds is None:
+            return False
+        return self.elapsed + (next_step_s or 0.0) >= self._deadline()
+
+    @staticmethod
+    def _smooth(old: float | None, new: float) -> float:
+        return new if old is None else EMA * old + (1 - EMA) * new
 
     # ------------------------------------------------------------------ one epoch
-    def _out_of_time(self) -> bool:
-        return self.budget.seconds is not None and self.elapsed >= self.budget.seconds
-
-    def _synthesis_phase(self, adversarial: bool, units: int) -> str:
+    def _synthesis_phase(self, adversarial: bool, units: int) -> Outcome:
         cfg = self.config
         t0 = time.perf_counter()
+        stats = self._epoch_stats
         try:
             with self.students.frozen() as students:
                 for k, slow in enumerate(self.mixture.generators):
                     if self._cancel():
-                        return "cancelled"
-                    if self._out_of_time():
-                        return "out_of_time"
+                        return Outcome.CANCELLED
+                    if self._out_of_time(self._synth_step_s):
+                        return Outcome.OUT_OF_TIME
+                    ts = time.perf_counter()
                     recognised = self.pool.histogram("teacher_argmax") if len(self.pool) else None
                     labels = self.labels.next(cfg.synth_batch_size, recognised)
                     out = synthesize(
@@ -211,47 +299,74 @@ class Distiller:
                         lr_g=cfg.lr_g, lr_z=cfg.lr_z, inner_steps=cfg.inner_steps,
                         meta_algorithm=cfg.meta_algorithm, other_summaries=self.mixture.other_summaries(k),
                         adversarial=adversarial, should_cancel=self._cancel,
+                        class_weights=self.labels.loss_weights(recognised),
+                        amp_dtype=self.amp_dtype, memory_format=self.memory_format,
                     )  # fmt: skip
                     if out is None:
-                        return "cancelled"
-                    self.pool.add(out.images, out.labels, out.teacher_argmax)
+                        return Outcome.CANCELLED
+                    self._admit(out)
                     self.mixture.summaries[k] = out.summary
-                    self.images_synthesized += out.images.shape[0]
+                    self.st.images_synthesized += out.images.shape[0]
                     self.synth_terms = out.loss_terms
-                    self._maybe_progress((k + 1) / units, "synthesis")
+                    stats["confidence"] = stats.get("confidence", 0.0) + out.teacher_confidence
+                    stats["recognised"] = stats.get("recognised", 0.0) + out.recognised
+                    stats["batches"] = stats.get("batches", 0.0) + 1
+                    self._synth_step_s = self._smooth(self._synth_step_s, time.perf_counter() - ts)
+                    self._maybe_progress((k + 1) / units, Phase.SYNTHESIS)
         finally:
-            self.synth_s += time.perf_counter() - t0
-        return "done"
+            self.st.synth_s += time.perf_counter() - t0
+        return Outcome.DONE
 
-    def _kd_phase(self, units: int) -> str:
+    def _admit(self, out: Any) -> None:
+        """Add a synthesis batch to the pool; with ``pool_admission="recognised"`` only the
+        images whose teacher argmax is the requested label."""
+        images, labels, argmax = out.images, out.labels, out.teacher_argmax
+        if self.config.pool_admission == "recognised":
+            keep = argmax == labels
+            self._epoch_stats["dropped"] = self._epoch_stats.get("dropped", 0.0) + float((~keep).sum())
+            if not bool(keep.any()):
+                return
+            images, labels, argmax = images[keep.to(images.device)], labels[keep], argmax[keep]
+        self.pool.add(images, labels, argmax)
+
+    def _kd_phase(self, units: int) -> Outcome:
         cfg = self.config
         t0 = time.perf_counter()
         sums: torch.Tensor | None = None
         n = 0
+        balanced = cfg.kd_sampling == "balanced"
         try:
             for step in range(cfg.kd_steps):
                 if self._cancel():
-                    return "cancelled"
-                if self._out_of_time():
-                    return "out_of_time"
+                    return Outcome.CANCELLED
+                if self._out_of_time(self._kd_step_s):
+                    return Outcome.OUT_OF_TIME
+                ts = time.perf_counter()
                 self.students.set_lr_factor(cosine_factor(self._schedule_fraction()))
-                idx = self.pool.sample_indices(cfg.kd_batch_size)
-                x = self._to_input(self.pool.images[idx], augment=True)
-                with torch.no_grad():
-                    t_logits = self.teacher(x)
+                idx = self.pool.sample_balanced(cfg.kd_batch_size) if balanced else self.pool.sample_indices(cfg.kd_batch_size)
+                x = self._to_input(self.pool.gather(idx), augment=True)
+                with torch.no_grad(), self.students.autocast():
+                    t_logits = self.teacher(x).float()
                 step_losses = self.students.kd_step(x, t_logits)
-                self.kd_steps_done += 1
+                self.st.kd_steps_done += 1
                 sums = step_losses if sums is None else sums + step_losses
                 n += 1
-                self._maybe_progress((len(self.mixture) + step + 1) / units, "distillation")
+                # On CUDA this measures the launch, not the kernels (no sync); the estimate then
+                # catches up at the epoch's one host transfer below, which is accurate enough
+                # for keeping the budget.
+                self._kd_step_s = self._smooth(self._kd_step_s, time.perf_counter() - ts)
+                self._maybe_progress((len(self.mixture) + step + 1) / units, Phase.DISTILLATION)
         finally:
-            self.kd_s += time.perf_counter() - t0
             if sums is not None:
-                self.last_losses = [float(v) / n for v in sums.cpu()]
-        return "done"
+                self.st.last_losses = [v / n for v in sums.cpu().tolist()]  # the phase's one host sync
+            kd_dt = time.perf_counter() - t0
+            self.st.kd_s += kd_dt
+            if n:
+                self._kd_step_s = kd_dt / n
+        return Outcome.DONE
 
-    def _run_epoch(self) -> str:
-        cfg, e = self.config, self.epoch
+    def _run_epoch(self) -> Outcome:
+        cfg, e = self.config, self.st.epoch
         if cfg.reset_first_layer_epoch is not None and e == cfg.reset_first_layer_epoch:
             for k in range(len(self.mixture)):
                 self.mixture.reset(k, first_layer_only=True)
@@ -263,21 +378,27 @@ class Distiller:
         warm = self._in_warmup()
         units = len(self.mixture) + (0 if warm else cfg.kd_steps)
         outcome = self._synthesis_phase(adversarial=not warm, units=units)
-        if outcome != "done" or warm:
+        if outcome is not Outcome.DONE or warm:
             return outcome
         return self._kd_phase(units)
 
     def _epoch_metrics(self, images_before: int, synth_before: float) -> dict[str, Any]:
-        hist_t = self.pool.histogram("teacher_argmax")
-        synth_dt = self.synth_s - synth_before
+        hist_t, hist_l = self.pool.histogram("teacher_argmax"), self.pool.histogram("labels")
+        synth_dt = self.st.synth_s - synth_before
+        stats = self._epoch_stats
+        batches = stats.get("batches", 0.0)
         return {
-            "epoch": self.epoch,
-            "student_loss": dict(zip(self.names, self.last_losses)),
+            "epoch": self.st.epoch,
+            "student_loss": dict(zip(self.names, self.st.last_losses)),
             "pool_size": len(self.pool),
-            "label_histogram": self.pool.histogram("labels"),
+            "label_histogram": hist_l,
+            "label_balance": balance(hist_l),
             "teacher_argmax_histogram": hist_t,
             "pool_balance": balance(hist_t),
-            "images_per_s": (self.images_synthesized - images_before) / synth_dt if synth_dt > 0 else None,
+            "teacher_confidence": stats["confidence"] / batches if batches else None,
+            "recognised_rate": stats["recognised"] / batches if batches else None,
+            "dropped_images": int(stats.get("dropped", 0)),
+            "images_per_s": (self.st.images_synthesized - images_before) / synth_dt if synth_dt > 0 else None,
             "synthesis_loss": dict(getattr(self, "synth_terms", {})),
             "lr": self.students.optimizers[0].param_groups[0]["lr"],
             "elapsed_s": self.elapsed,
@@ -287,76 +408,62 @@ class Distiller:
     def _state(self) -> dict[str, Any]:
         return {
             "fingerprint": self.fingerprint,
-            "epoch": self.epoch,
-            "kd_steps_done": self.kd_steps_done,
-            "images_synthesized": self.images_synthesized,
-            "elapsed": self.elapsed,
-            "synth_s": self.synth_s,
-            "kd_s": self.kd_s,
-            "completed": self.completed,
-            "last_losses": [float("nan") if v is None else v for v in self.last_losses],
-            "students": self.students.state_dict(),
-            "mixture": self.mixture.state_dict(),
-            "pool": self.pool.state_dict(),
-            "labels": self.labels.state_dict(),
-            "bn_ema": self.hooks.state_dict(),
+            **self.st.to_checkpoint(self.elapsed),
+            **{key: part.state_dict() for key, part in self._components().items()},
             "rng": capture_rng_state(self.device),
         }
 
     def _save(self) -> None:
         if self.checkpoint_path is None:
             return
+        t0 = time.perf_counter()
         ckpt.save_checkpoint(self._state(), self.checkpoint_path)
-        self._emit("checkpoint", {"epoch": self.epoch})  # no path: events reach tenants
+        self._save_s = time.perf_counter() - t0
+        self.st.checkpoint_s += self._save_s
+        self._emit("checkpoint", {"epoch": self.st.epoch})  # no path: events reach tenants
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
-            self.epoch, self.kd_steps_done = int(state["epoch"]), int(state["kd_steps_done"])
-            self.images_synthesized = int(state["images_synthesized"])
-            self.elapsed_before = float(state["elapsed"])
-            self.synth_s, self.kd_s = float(state["synth_s"]), float(state["kd_s"])
-            self.completed = bool(state["completed"])
-            self.last_losses = [None if v != v else float(v) for v in state["last_losses"]]
-            self.students.load_state_dict(state["students"])
-            self.mixture.load_state_dict(state["mixture"])
-            self.pool.load_state_dict(state["pool"])
-            self.labels.load_state_dict(state["labels"])
-            self.hooks.load_state_dict(state["bn_ema"])
+            self.st = RunState.from_checkpoint(state)
+            for key, part in self._components().items():
+                part.load_state_dict(state[key])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"run checkpoint {self.checkpoint_path} is inconsistent: {str(exc).splitlines()[0][:200]}") from None
         restore_rng_state(state["rng"], self.device)
-        self.resumed_from = self.epoch
+        self.resumed_from = self.st.epoch
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = True) -> DistillResult:
         """Run to the budget (or cancellation); see the module docstring for reproducibility."""
+        self._session_start = time.perf_counter()  # a seconds budget counts set-up too
         self._setup()
-        self._session_start = time.perf_counter()
+        self.setup_s = time.perf_counter() - self._session_start
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._restore(ckpt.load_checkpoint(self.checkpoint_path, self.fingerprint))
             self._session_start = time.perf_counter()
             # No path here: events reach the service's tenants, and file paths are the server's business.
-            self._log(f"resumed from checkpoint at epoch {self.epoch}")
+            self._log(f"resumed from checkpoint at epoch {self.st.epoch}")
         else:
             self._log(
                 f"distilling into {len(self.specs)} students with {len(self.mixture)} generators on {self.device}"
             )
-        status = "completed"
+        status = Outcome.COMPLETED
         try:
             while not self._finished():
-                images_before, synth_before = self.images_synthesized, self.synth_s
+                images_before, synth_before = self.st.images_synthesized, self.st.synth_s
+                self._epoch_stats = {}
                 outcome = self._run_epoch()
-                if outcome == "cancelled":
-                    status = "cancelled"
+                if outcome is Outcome.CANCELLED:
+                    status = Outcome.CANCELLED
                     break
-                self.epoch += 1
+                self.st.epoch += 1
                 self._emit("metrics", self._epoch_metrics(images_before, synth_before))
-                if outcome == "out_of_time" or self._finished():
+                if outcome is Outcome.OUT_OF_TIME or self._finished():
                     break
-                if self.epoch % self.config.checkpoint_every == 0:
+                if self.st.epoch % self.config.checkpoint_every == 0:
                     self._save()
-            if status == "completed":
-                self.completed = True
+            if status is Outcome.COMPLETED:
+                self.st.completed = True
                 self._save()
                 self._log("distillation completed")
             else:
@@ -366,29 +473,35 @@ class Distiller:
             self.hooks.remove()
 
     # ------------------------------------------------------------------ result
-    def _result(self, status: str) -> DistillResult:
+    def _result(self, status: Outcome) -> DistillResult:
         t0 = time.perf_counter()
         agreement: list[float | None] = [None] * len(self.specs)
         held_out = 0
-        if status == "completed" and len(self.pool):
+        if status is Outcome.COMPLETED and len(self.pool):
             agreement, held_out = held_out_agreement(  # type: ignore[assignment]
                 mixture=self.mixture, students=self.students, teacher=self.teacher, hooks=self.hooks,
                 weights=self.weights, augment=self.augment, config=self.config,
                 num_classes=self.card.num_classes, to_input=lambda u8: self._to_input(u8, augment=False),
-                adversarial=self.epoch > self.warmup,
+                adversarial=self.st.epoch > self.warmup, amp_dtype=self.amp_dtype, memory_format=self.memory_format,
             )  # fmt: skip
-        eval_s = time.perf_counter() - t0
+        diversity = pool_diversity(self.teacher, self.pool, lambda u8: self._to_input(u8, augment=False))
         samples, sample_labels = pick_samples(self.pool)
-        students = {n: m.cpu().eval() for n, m in zip(self.names, self.students.modules)}
+        students = {n: m.cpu().eval().to(memory_format=torch.contiguous_format) for n, m in zip(self.names, self.students.modules)}
+        eval_s = time.perf_counter() - t0
         total_s = self.elapsed
+        st = self.st
+        budget_s = self.budget.seconds
         report = {
-            "status": status,
+            "status": status.value,
             "config": self.config.model_dump(mode="json"),
             "budget": self.budget.model_dump(exclude_none=True),
             "device": str(self.device),
-            "epochs_completed": self.epoch,
+            "precision": {"autocast": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
+                          "channels_last": self.memory_format == torch.channels_last,
+                          "pool_device": str(self.pool.device)},  # fmt: skip
+            "epochs_completed": st.epoch,
             "warmup_epochs": self.warmup,
-            "kd_steps": self.kd_steps_done,
+            "kd_steps": st.kd_steps_done,
             "resumed_from_epoch": self.resumed_from,
             "num_generators": len(self.mixture),
             "generator_partners": [self.names[p] for p in self.mixture.partners],
@@ -399,14 +512,21 @@ class Distiller:
                     "final_loss": loss,
                     "teacher_agreement": agr,
                 }
-                for name, spec, loss, agr in zip(self.names, self.specs, self.last_losses, agreement)
+                for name, spec, loss, agr in zip(self.names, self.specs, st.last_losses, agreement)
             },
             "held_out_images": held_out,
-            "timings": {"total_s": total_s, "synthesis_s": self.synth_s, "kd_s": self.kd_s, "evaluation_s": eval_s},
-            "images_synthesized": self.images_synthesized,
-            "images_per_s": self.images_synthesized / total_s if total_s > 0 else None,
-            "synthesis_images_per_s": self.images_synthesized / self.synth_s if self.synth_s > 0 else None,
-            "pool": pool_report(self.pool),
+            "timings": {
+                "total_s": total_s, "setup_s": self.setup_s, "synthesis_s": st.synth_s, "kd_s": st.kd_s,
+                "checkpoint_s": st.checkpoint_s, "evaluation_s": eval_s,
+                "other_s": max(0.0, total_s - st.synth_s - st.kd_s - st.checkpoint_s - eval_s - self.setup_s),
+                "budget_s": budget_s,
+                "over_budget_s": (total_s - budget_s) if budget_s is not None else None,
+            },  # fmt: skip
+            "images_synthesized": st.images_synthesized,
+            "images_per_s": st.images_synthesized / total_s if total_s > 0 else None,
+            "synthesis_images_per_s": st.images_synthesized / st.synth_s if st.synth_s > 0 else None,
+            "kd_steps_per_s": st.kd_steps_done / st.kd_s if st.kd_s > 0 else None,
+            "pool": {**pool_report(self.pool), "diversity": diversity},
             "class_names": list(self.card.class_names) if self.card.class_names else None,
         }
-        return DistillResult(status, students, dict(self.student_cards), report, samples, sample_labels)
+        return DistillResult(status.value, students, dict(self.student_cards), report, samples, sample_labels)

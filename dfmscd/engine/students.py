@@ -8,6 +8,7 @@ are detached, each student's gradient is exactly that of its own loss.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -49,8 +50,9 @@ def make_optimizer(module: nn.Module, config: DistillConfig) -> torch.optim.Opti
 
 
 class StudentGroup:
-    def __init__(self, modules: Sequence[nn.Module], config: DistillConfig) -> None:
+    def __init__(self, modules: Sequence[nn.Module], config: DistillConfig, amp_dtype: torch.dtype | None = None) -> None:
         self.modules = list(modules)
+        self.amp_dtype = amp_dtype
         self.optimizers = [make_optimizer(m, config) for m in self.modules]
         self.base_lr = config.lr_s
         self.temperature, self.peer_beta = config.temperature, config.peer_beta
@@ -65,11 +67,21 @@ class StudentGroup:
                 group["lr"] = lr
         return lr
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to ``amp_dtype`` on the students' device type (a no-op without one)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        device = next(self.modules[0].parameters()).device
+        return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
+
     def kd_step(self, x: Tensor, teacher_logits: Tensor) -> Tensor:
-        """One co-evolution step on a shared batch; returns the students' losses (detached, S)."""
+        """One co-evolution step on a shared batch; returns the students' losses (detached, S).
+
+        Forward passes run under ``autocast()``; the losses are computed in float32."""
         for m in self.modules:
             m.train()
-        outs = [m(x) for m in self.modules]
+        with self.autocast():
+            outs = [m(x).float() for m in self.modules]
         per_student = []
         for i, out in enumerate(outs):
             loss = losses.kd_loss(out, teacher_logits, self.temperature)
@@ -79,10 +91,11 @@ class StudentGroup:
             per_student.append(loss)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        torch.stack(per_student).sum().backward()
+        stacked = torch.stack(per_student)
+        stacked.sum().backward()
         for opt in self.optimizers:
             opt.step()
-        return torch.stack(per_student).detach()  # no host sync here: the caller sums on device
+        return stacked.detach()  # no host sync here: the caller sums on device
 
     @contextmanager
     def frozen(self) -> Iterator[list[nn.Module]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -45,6 +46,29 @@ def check_student_names(specs: list[StudentSpec]) -> list[str]:
             raise ConfigError(f"student name {name!r} is used twice; give each student a distinct name")
         seen.add(name)
     return names
+
+
+class Outcome(str, Enum):
+    """How a phase, an epoch or a run ended. A ``str`` Enum: ``Outcome.CANCELLED == "cancelled"``
+    and JSON writes the plain value, so callers comparing with the old strings keep working."""
+
+    DONE = "done"  # a phase or an epoch ran to its end
+    OUT_OF_TIME = "out_of_time"  # the seconds budget ended it
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"  # a run's status: the budget was used up
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Phase(str, Enum):
+    """The ``phase`` of a progress event."""
+
+    SYNTHESIS = "synthesis"
+    DISTILLATION = "distillation"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass

@@ -4,11 +4,17 @@ Fast-DFKD draws the requested labels i.i.d. per step, so the pool drifts toward 
 generator finds easy. ``LabelBridge`` instead reads labels from one persistent queue made of
 concatenated random permutations of the classes, carried over between synthesis steps (and
 checkpoints): after any number of labels taken, every class has been requested ``q`` or ``q+1``
-times. On top of that queue, a share ``correction`` of each batch comes from a second,
-deficit-driven stream: the classes the teacher *recognises* least often in the pool (its argmax
-histogram) get more requests. Keeping the two streams separate keeps the queue's within-one
-guarantee exact and testable; the correction only adds requests where the teacher's view of the
-pool is short, which is the balance that matters for the students.
+times, so the *requested* labels are balanced to within one per class after every step.
+
+The correction (``correction`` ∈ [0, 1]) never touches the requests: earlier versions steered a
+share of each batch to the classes the teacher recognised least, which left the requests only
+about 0.5 balanced and did not fix the pool. Instead ``class_weights`` turns the pool's
+teacher-argmax histogram into per-class weights of the generator's class (one-hot) loss, so
+the requested images of an under-recognised class pull harder toward being recognised:
+
+    w_c = (1 − a) + a · C · d_c / Σ_j d_j,     d_c = max(h) − h_c
+
+which averages to 1 over classes (the loss keeps its scale) and is all ones for a balanced pool.
 """
 
 from __future__ import annotations
@@ -37,6 +43,17 @@ def allocate_deficit(histogram: Sequence[int], n: int) -> list[int]:
     return counts.tolist()
 
 
+def class_weights(histogram: Sequence[int], correction: float) -> Tensor:
+    """Per-class weights of the class loss from the pool's teacher-argmax histogram (see module)."""
+    h = torch.tensor(list(histogram), dtype=torch.float64)
+    deficit = h.max() - h
+    total = float(deficit.sum())
+    if correction <= 0 or total <= 0:
+        return torch.ones(len(histogram), dtype=torch.float32)
+    w = (1.0 - correction) + correction * len(histogram) * deficit / total
+    return w.to(torch.float32)
+
+
 class LabelBridge:
     """Balanced label queue plus a deficit-driven correction stream."""
 
@@ -59,13 +76,14 @@ class LabelBridge:
         return out
 
     def next(self, n: int, recognised: Sequence[int] | None = None) -> Tensor:
-        """Labels for one synthesis batch; ``recognised`` is the pool's teacher-argmax histogram."""
-        n_corr = int(self.correction * n) if recognised is not None and sum(recognised) > 0 else 0
-        extra = torch.empty(0, dtype=torch.int64)
-        if n_corr:
-            counts = torch.tensor(allocate_deficit(recognised, n_corr), dtype=torch.int64)
-            extra = torch.repeat_interleave(torch.arange(self.num_classes), counts)
-        return torch.cat([self.take(n - extra.numel()), extra])
+        """Labels for one synthesis batch: always the balanced queue (``recognised`` is unused)."""
+        return self.take(n)
+
+    def loss_weights(self, recognised: Sequence[int] | None) -> Tensor | None:
+        """Class-loss weights for the next batch (None: unweighted, e.g. an empty pool)."""
+        if self.correction <= 0 or recognised is None or sum(recognised) <= 0:
+            return None
+        return class_weights(recognised, self.correction)
 
     def state_dict(self) -> dict:
         return {"queue": self.queue.clone(), "taken": self.taken.clone(), "rng": self.rng.get_state()}
@@ -87,6 +105,9 @@ class IIDLabels:
 
     def next(self, n: int, recognised: Sequence[int] | None = None) -> Tensor:
         return torch.randint(0, self.num_classes, (n,), generator=self.rng)
+
+    def loss_weights(self, recognised: Sequence[int] | None) -> Tensor | None:
+        return None
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.get_state()}

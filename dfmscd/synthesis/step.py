@@ -13,6 +13,7 @@ update are returned for the pool: they are what the meta-learned generator is fo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -44,6 +45,8 @@ class SynthesisOutput:
     teacher_argmax: Tensor  # teacher's class for the stored (quantised) images, CPU
     summary: Tensor | None  # detached feature summary of the last inner step
     loss_terms: dict[str, float]
+    teacher_confidence: float = float("nan")  # mean max-softmax of the teacher on the stored images
+    recognised: float = float("nan")  # share of stored images whose teacher argmax is the requested label
 
 
 def synthesize(
@@ -65,17 +68,25 @@ def synthesize(
     other_summaries: Sequence[Tensor] = (),
     adversarial: bool = True,
     should_cancel: Callable[[], bool] = lambda: False,
+    class_weights: Tensor | None = None,
+    amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> SynthesisOutput | None:
     """Run one meta step; returns None (leaving the slow generator untouched) on cancellation.
 
     ``meta_optimizer=None`` adapts the clone without updating the slow generator (evaluation).
     Students must already be in eval mode with gradients off; only their outputs are used.
+    ``class_weights`` (C floats) weight each sample's class loss by its requested label
+    (the label bridge's correction); ``amp_dtype`` runs the teacher and students under autocast
+    (the generator, the losses and the BN statistics stay in float32); ``memory_format`` is
+    the layout the images are handed to the networks in (``torch.channels_last`` on CUDA).
     """
     device = next(slow.parameters()).device
     fast.load_state_dict(slow.state_dict())
     fast.train()
     z = torch.randn(labels.shape[0], slow.latent_dim).to(device).requires_grad_()
     y = labels.to(device)
+    cw = class_weights.to(device) if class_weights is not None else None
     inner = torch.optim.Adam(
         [{"params": fast.parameters()}, {"params": [z], "lr": lr_z}], lr=lr_g, betas=(0.5, 0.999)
     )
@@ -94,16 +105,17 @@ def synthesize(
         if should_cancel():
             return None
         x01 = fast.render(z, y)
-        x = fast.normalise(augment(x01) if augment is not None else x01)
-        with hooks.active():
-            t_out = teacher(x)
-            loss_bn = hooks.loss()
-            feat = hooks.feature_summary()
-        loss_oh = F.cross_entropy(t_out, y)
+        x = fast.normalise(augment(x01) if augment is not None else x01).contiguous(memory_format=memory_format)
+        with hooks.active(), _autocast(device, amp_dtype):
+            t_out = teacher(x).float()
+            loss_bn = hooks.loss().float()
+            feat = hooks.feature_summary().float()
+        loss_oh = losses.weighted_cross_entropy(t_out, y, cw)
         loss = weights.bn * loss_bn + weights.oh * loss_oh
         terms = {"bn": loss_bn.detach(), "oh": loss_oh.detach()}
         if use_adv or use_inter:
-            s_outs = [s(x) for s in students] if use_inter else [students[partner](x)]
+            with _autocast(device, amp_dtype):
+                s_outs = [s(x).float() for s in students] if use_inter else [students[partner](x).float()]
             p_out = s_outs[partner] if use_inter else s_outs[0]
             if use_adv:
                 loss_adv = losses.adversarial_loss(p_out, t_out)
@@ -135,11 +147,28 @@ def synthesize(
         meta_optimizer.step()
     with torch.no_grad():
         images = to_uint8(fast.render(z, y))
-        t_final = teacher(from_uint8(images.to(device), fast.norm_mean, fast.norm_std))
+        x_final = from_uint8(images, fast.norm_mean, fast.norm_std).contiguous(memory_format=memory_format)
+        with _autocast(device, amp_dtype):
+            t_final = teacher(x_final).float()
+        argmax = t_final.argmax(dim=1)
+        confidence = F.softmax(t_final, dim=1).amax(dim=1).mean()
+        recognised = (argmax == y).float().mean()
+        # one host transfer for every scalar of this step
+        names = list(terms)
+        scalars = torch.stack([*(terms[k].float() for k in names), confidence, recognised]).cpu().tolist()
     return SynthesisOutput(
-        images=images.cpu(),
+        images=images,  # on the generator's device: the pool decides where it keeps them
         labels=labels.cpu(),
-        teacher_argmax=t_final.argmax(dim=1).cpu(),
+        teacher_argmax=argmax.cpu(),
         summary=summary,
-        loss_terms={k: float(v) for k, v in terms.items()},
+        loss_terms=dict(zip(names, scalars[: len(names)])),
+        teacher_confidence=scalars[-2],
+        recognised=scalars[-1],
     )
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on the device's type, or a no-op context."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -2,7 +2,8 @@
 
 ``create_model(name, num_classes, in_channels, image_size)`` is the only constructor the rest of
 the code uses, so a model card's ``architecture`` string is all that is needed to rebuild a net.
-Names under ``tv/`` are built from torchvision on demand (no pretrained weights, ever).
+Names under ``tv/`` are built from torchvision and names under ``timm/`` from timm, on demand
+(no pretrained weights, ever; both libraries are imported only when such a name is used).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dfmscd.errors import ConfigError, UnknownArchitectureError
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 TV_PREFIX = "tv/"
+TIMM_PREFIX = "timm/"
 
 
 def register_model(fn: ModelFactory) -> ModelFactory:
@@ -34,15 +36,31 @@ def _tv_names() -> list[str]:
     return [TV_PREFIX + n for n in tv.classification_models()]
 
 
-def list_models(include_torchvision: bool = True) -> list[str]:
-    """Zoo names (sorted), then the ``tv/`` names this torchvision can build."""
+def _timm_names() -> list[str]:
+    from dfmscd.models import timm_zoo  # late: the timm import is slow (seconds)
+
+    return [TIMM_PREFIX + n for n in timm_zoo.classification_models()]
+
+
+def list_models(include_torchvision: bool = True, include_timm: bool = False) -> list[str]:
+    """Zoo names (sorted), then the ``tv/`` names this torchvision can build, then (opt-in) the
+    ``timm/`` names this timm can build.
+
+    timm is opt-in: it adds ~1400 names and importing it costs seconds, which callers that list
+    the zoo at start-up (the API's warm-up, the worker's preload, ``dfmscd architectures``) must
+    not pay. ``is_model`` / ``create_model`` accept ``timm/`` names either way.
+    """
     names = sorted(_REGISTRY)
-    return names + (_tv_names() if include_torchvision else [])
+    return names + (_tv_names() if include_torchvision else []) + (_timm_names() if include_timm else [])
 
 
 def is_model(name: str) -> bool:
     if name in _REGISTRY:
         return True
+    if name.startswith(TIMM_PREFIX):
+        from dfmscd.models import timm_zoo
+
+        return timm_zoo.is_timm_model(name[len(TIMM_PREFIX):])
     return name.startswith(TV_PREFIX) and name in _tv_names()
 
 
@@ -55,6 +73,10 @@ def create_model(
         from dfmscd.models import tv
 
         return tv.create_tv_model(name[len(TV_PREFIX):], num_classes, in_channels, image_size, **kwargs)
+    if name.startswith(TIMM_PREFIX):
+        from dfmscd.models import timm_zoo
+
+        return timm_zoo.create_timm_model(name[len(TIMM_PREFIX):], num_classes, in_channels, image_size, **kwargs)
     try:
         return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     except ValueError as exc:  # the architectures' own range checks (depth, width_mult, ...)
@@ -70,6 +92,11 @@ def check_model_arguments(
         from dfmscd.models import tv
 
         tv.check_tv_arguments(name[len(TV_PREFIX):], kwargs)
+        return
+    if name.startswith(TIMM_PREFIX):
+        from dfmscd.models import timm_zoo
+
+        timm_zoo.check_timm_arguments(name[len(TIMM_PREFIX):], kwargs)
         return
     try:
         factory = _REGISTRY[name]

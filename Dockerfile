@@ -7,10 +7,8 @@ WORKDIR /srv/dfmscd
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --extra service --no-install-project
 COPY dfmscd ./dfmscd
-COPY app ./app
-COPY worker ./worker
-COPY migrations ./migrations
+COPY dfmscd_service ./dfmscd_service
 COPY alembic.ini ./
 RUN uv sync --frozen --no-dev --extra service
 EXPOSE 8000
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75"]
+CMD ["uvicorn", "dfmscd_service.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75"]

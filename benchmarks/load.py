@@ -163,13 +163,13 @@ def start_pg_redis(**settings: str) -> Server:
     server = Server(f"http://127.0.0.1:{port}", "", data_dir, 0, cleanup=[drop], log_paths=[api_log, worker_log])
     try:
         api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+            [sys.executable, "-m", "uvicorn", "dfmscd_service.api.main:create_app", "--factory", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "75"],
             env=env, cwd=ROOT, stdout=open(api_log, "wb"), stderr=subprocess.STDOUT)
         server.procs.append(api)
         server.api_pid = api.pid
         _wait_ready(server.base_url, api, api_log)  # migrations ran in its lifespan
-        from app.cli import worker_command
+        from dfmscd_service.cli import worker_command
 
         server.procs.insert(0, subprocess.Popen(worker_command(), env=env, cwd=ROOT, stdout=open(worker_log, "wb"),
                                                 stderr=subprocess.STDOUT))

@@ -291,7 +291,7 @@ def _events():
 
 
 def test_plain_progress_lines_when_not_a_terminal(capsys):
-    from dfmscd.cli_distill import ProgressPrinter
+    from dfmscd.cli.distill import ProgressPrinter
 
     printer = ProgressPrinter(interactive=False)
     for event in _events():
@@ -305,7 +305,7 @@ def test_plain_progress_lines_when_not_a_terminal(capsys):
 
 
 def test_plain_heartbeat_during_long_epochs(capsys, monkeypatch):
-    import dfmscd.cli_distill as cli_distill
+    import dfmscd.cli.distill as cli_distill
 
     monkeypatch.setattr(cli_distill, "PLAIN_PROGRESS_EVERY_S", 0.0)
     printer = cli_distill.ProgressPrinter(interactive=False)
@@ -314,7 +314,7 @@ def test_plain_heartbeat_during_long_epochs(capsys, monkeypatch):
 
 
 def test_progress_bar_on_a_terminal_and_quiet_mode(capsys):
-    from dfmscd.cli_distill import ProgressPrinter
+    from dfmscd.cli.distill import ProgressPrinter
 
     printer = ProgressPrinter(interactive=True)
     for event in _events():
@@ -333,9 +333,9 @@ def test_progress_bar_on_a_terminal_and_quiet_mode(capsys):
 # --- service commands --------------------------------------------------------------------------
 
 def test_the_library_cli_imports_no_web_code():
-    code = ("import sys, dfmscd.engine, dfmscd.io, dfmscd.evaluate, dfmscd.cli_distill; "
+    code = ("import sys, dfmscd.engine, dfmscd.io, dfmscd.evaluate, dfmscd.cli.distill; "
             "from dfmscd.cli import main; rc = main(['--version']); "
-            "bad = [m for m in ('app', 'fastapi', 'sqlalchemy', 'celery') if m in sys.modules]; "
+            "bad = [m for m in ('fastapi', 'sqlalchemy', 'celery', 'kombu', 'dfmscd_service.api', 'dfmscd_service.worker') if m in sys.modules]; "
             "print('web modules:', bad, file=sys.stderr); sys.exit(rc or (3 if bad else 0))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)

@@ -1,6 +1,6 @@
-"""Fixtures for the hardening tests: the service fixtures of tests/app plus a few helpers.
+"""Fixtures for the hardening tests: the service fixtures of tests/api plus a few helpers.
 
-``service_kit`` (tests/app) owns the real PostgreSQL database, Redis prefix, settings, the
+``service_kit`` (tests/api) owns the real PostgreSQL database, Redis prefix, settings, the
 ASGI client, API keys and the reference teacher; this file only re-exports them and adds the
 ``leaves_no_trace`` fixture. Shared helpers live in ``hardening_kit`` (test files import it by
 that unique name: ``conftest`` is ambiguous when several test folders run in one session).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hardening_kit import storage_files  # noqa: E402

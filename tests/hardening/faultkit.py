@@ -25,7 +25,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-for extra in (ROOT, ROOT / "tests" / "app", ROOT / "tests" / "worker"):
+for extra in (ROOT, ROOT / "tests" / "api", ROOT / "tests" / "worker"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
@@ -131,7 +131,7 @@ class PrivateRedis:
 
 
 class ApiProcess:
-    """``uvicorn app.main:create_app --factory`` in its own process, restartable on the same port."""
+    """``uvicorn dfmscd_service.api.main:create_app --factory`` in its own process, restartable on the same port."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
@@ -146,7 +146,7 @@ class ApiProcess:
     def launch(self) -> "ApiProcess":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+            [sys.executable, "-m", "uvicorn", "dfmscd_service.api.main:create_app", "--factory", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning", "--timeout-keep-alive", "75"],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -190,8 +190,8 @@ def unmount(path: Path) -> None:
 
 
 def temp_files(*roots: Path) -> list[Path]:
-    """Leftovers of interrupted writes: the names app.storage / dfmscd.io / app.uploads use for temp files."""
-    from app.storage import _is_temp_name
+    """Leftovers of interrupted writes: the names dfmscd_service.core.storage / dfmscd.io / dfmscd_service.api.uploads use for temp files."""
+    from dfmscd_service.core.storage import _is_temp_name
 
     return [p for r in roots if r.is_dir() for p in r.rglob("*") if p.is_file() and _is_temp_name(p.name)]
 

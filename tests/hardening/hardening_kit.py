@@ -16,7 +16,7 @@ import pytest
 
 def storage_files() -> set[str]:
     """Every file (relative path) under DATA_DIR/storage and DATA_DIR/tmp."""
-    from app.settings import get_settings
+    from dfmscd_service.core.settings import get_settings
 
     s = get_settings()
     out: set[str] = set()
@@ -29,7 +29,7 @@ def storage_files() -> set[str]:
 @contextmanager
 def settings_override(**env: str) -> Iterator[None]:
     """Set ``DFMSCD_<NAME>`` variables for the duration of a block and reload the settings."""
-    from app.settings import get_settings
+    from dfmscd_service.core.settings import get_settings
 
     mp = pytest.MonkeyPatch()
     for name, value in env.items():
@@ -51,8 +51,8 @@ def live_server(**env: str) -> Iterator[str]:
     """
     import uvicorn
 
-    from app.db import dispose_engines
-    from app.main import create_app
+    from dfmscd_service.core.db import dispose_engines
+    from dfmscd_service.api.main import create_app
     from service_kit import wait_for
 
     with settings_override(**env):

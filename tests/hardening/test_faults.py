@@ -115,7 +115,7 @@ class Stack:
 
 
 def _create_key(env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-m", "app.cli", "keys-create", "--name", "faults"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "dfmscd_service.cli", "keys-create", "--name", "faults"], cwd=ROOT,
                          env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
@@ -233,8 +233,8 @@ def test_sigkill_mid_job_resumes_once_and_duplicates_are_refused(stack: Stack, t
 
 
 def _sigkill_scenario(stack: Stack, first: WorkerProcess, rescuer: WorkerProcess, tmp_path: Path) -> None:
-    from app.settings import Settings
-    from worker.celery_app import TASK_NAME, make_celery
+    from dfmscd_service.core.settings import Settings
+    from dfmscd_service.core.broker import TASK_NAME, make_celery
 
     jid = stack.submit(epochs=40)
     stack.wait_epoch(jid, 1)

@@ -1,7 +1,7 @@
 """Hostile and broken job requests through the real HTTP API (POST /v1/jobs and the job routes).
 
 Each refused request gets a 4xx with the standard error body and a precise message, and no job
-row is written. Cases already in tests/app/test_jobs.py (0 and 17 students, duplicate names,
+row is written. Cases already in tests/dfmscd_service/api/test_jobs.py (0 and 17 students, duplicate names,
 `../../etc/passwd` and `naïve` as names, unknown architecture, negative lr_s, temperature 0,
 budget 0 / 10 years in seconds, 20 kB metadata, NaN metadata, one malformed body) are not
 repeated here.
@@ -16,8 +16,8 @@ from hardening_kit import settings_override
 from service_kit import assert_error, job_body
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models import Job
+from dfmscd_service.core.db import session_scope
+from dfmscd_service.core.models import Job
 
 
 def _job_count() -> int:

@@ -2,7 +2,7 @@
 
 Each case is a real crafted file (or card) sent as multipart: a 4xx with the standard error
 body and a precise message, no code run (payloads would create a marker file), and nothing
-added under DATA_DIR/storage or DATA_DIR/tmp. Cases already in tests/app/test_teachers.py
+added under DATA_DIR/storage or DATA_DIR/tmp. Cases already in tests/dfmscd_service/api/test_teachers.py
 (unknown architecture, std 0, card not JSON, empty file, half a file, garbage, bare pickle,
 no BatchNorm, missing fields, stream over the cap) are not repeated here.
 """
@@ -235,7 +235,7 @@ def test_oversized_card_field_is_413(client, auth, teacher_file, leaves_no_trace
 
 
 def test_path_traversal_filename_is_only_a_label(client, auth, teacher_file):
-    from app.settings import get_settings
+    from dfmscd_service.core.settings import get_settings
 
     r = _post(client, auth, teacher_file.read_bytes(), filename="../../etc/pass\x00wd\u202e.safetensors")
     assert r.status_code == 201, r.text

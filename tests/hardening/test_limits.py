@@ -1,6 +1,6 @@
 """Per-key limits: request rate (429 + Retry-After), concurrent jobs, storage bytes.
 
-tests/app already checks the first 429 of the job limit and the first 413 of the quota; this
+tests/api already checks the first 429 of the job limit and the first 413 of the quota; this
 file adds the request-rate limit (Redis counters shared across processes, in-process counters
 for the embedded mode, fail-open when Redis is gone), independence between keys, slots and
 bytes given back, and the job limit under concurrent requests.
@@ -22,11 +22,11 @@ from hardening_kit import settings_override
 from service_kit import REDIS_URL, assert_error, job_body, make_key, upload_teacher, wait_for
 from sqlalchemy import func, select, update
 
-from app.db import session_scope
-from app.models import ApiKey, Job, JobStudent
-from app.auth import hash_key
-from app.ratelimit import MemoryCounter, RateLimiter, RedisCounter, get_limiter, limiter_url
-from app.settings import Settings, get_settings
+from dfmscd_service.core.db import session_scope
+from dfmscd_service.core.models import ApiKey, Job, JobStudent
+from dfmscd_service.api.auth import hash_key
+from dfmscd_service.api.ratelimit import MemoryCounter, RateLimiter, RedisCounter, get_limiter, limiter_url
+from dfmscd_service.core.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,8 +89,8 @@ def test_rate_limit_counters_are_shared_across_processes(client, service):
     with settings_override(RATE_LIMIT_PER_MINUTE="5", RATE_LIMIT_WINDOW_SECONDS="60"):
         _wait_for_fresh_window(60, need=20)
         script = (
-            "from app.errors import ApiError\n"
-            "from app.ratelimit import enforce_rate_limit\n"
+            "from dfmscd_service.api.errors import ApiError\n"
+            "from dfmscd_service.api.ratelimit import enforce_rate_limit\n"
             "codes = []\n"
             "for _ in range(5):\n"
             "    try:\n        enforce_rate_limit(%r); codes.append(200)\n"
@@ -154,7 +154,7 @@ def test_job_limit_is_per_key_and_freed_by_cancel(client, teacher_file):
 
 def test_job_limit_holds_under_concurrent_requests(client, teacher_file):
     """Ten simultaneous creates against a limit of 3: never more than 3 active jobs."""
-    from app.main import create_app
+    from dfmscd_service.api.main import create_app
 
     secret = make_key("jobs-race")
     h = _headers(secret)
@@ -179,7 +179,7 @@ def test_job_limit_holds_under_concurrent_requests(client, teacher_file):
 def test_storage_quota_counts_students_and_is_freed_by_delete(client, teacher_file):
     from dfmscd.io import ModelCard, save_model
     from dfmscd.models import create_model
-    from app.storage import get_storage
+    from dfmscd_service.core.storage import get_storage
 
     h, other = _headers(make_key("quota-a")), _headers(make_key("quota-b"))
     size = teacher_file.stat().st_size
@@ -204,7 +204,7 @@ def test_storage_quota_counts_students_and_is_freed_by_delete(client, teacher_fi
 
 def test_storage_quota_holds_under_concurrent_uploads(client, teacher_file):
     """Eight simultaneous uploads against a quota that fits two: exactly two are stored."""
-    from app.models import Teacher
+    from dfmscd_service.core.models import Teacher
 
     secret = make_key("quota-race")
     h = _headers(secret)

@@ -2,7 +2,7 @@
 
 A live uvicorn (in this process, on a free port) against the test PostgreSQL, with the tightest
 legal configuration: 4 threads and a pool of exactly 4 connections with a 3 s checkout timeout.
-Before app/routing.py, a sync route kept its connection while it waited for a thread to
+Before dfmscd_service/api/routing.py, a sync route kept its connection while it waited for a thread to
 validate its response; 120 concurrent requests then deadlocked until the pool timeout (500s).
 """
 
@@ -19,7 +19,7 @@ from service_kit import job_body
 
 @pytest.fixture
 def tight_server(client) -> Iterator[str]:
-    from app.db import get_engine
+    from dfmscd_service.core.db import get_engine
 
     with live_server(API_THREADS="4", DB_POOL_SIZE="4", DB_POOL_TIMEOUT_SECONDS="3", RATE_LIMIT_PER_MINUTE="0") as url:
         engine = get_engine()
@@ -28,7 +28,7 @@ def tight_server(client) -> Iterator[str]:
 
 
 def test_more_requests_than_threads_and_connections_all_succeed(client, auth, teacher, tight_server):
-    from app.db import get_engine
+    from dfmscd_service.core.db import get_engine
 
     h = auth
     job_id = httpx.post(tight_server + "/v1/jobs", headers=h, json=job_body(teacher["id"]), timeout=30).json()["id"]  # stays queued: no worker

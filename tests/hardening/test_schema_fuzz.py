@@ -18,7 +18,7 @@ Excluded, and why:
   receiver, which FastAPI's schema cannot describe exactly; refusals are covered by the hostile
   tests instead.
 - ``ignored_auth`` / ``use_after_free`` / ``ensure_resource_availability``: tenant isolation and
-  lifecycle are tested by tests/hardening/test_tenants*.py and tests/app with explicit cases.
+  lifecycle are tested by tests/hardening/test_tenants*.py and tests/api with explicit cases.
 - ``response_headers_conformance``: no response headers are declared (Retry-After, Allow, ETag
   are documented in prose); ``max_response_time``: timings belong in benchmarks.
 
@@ -65,7 +65,7 @@ def fuzz_ids(client, fuzz_key, teacher_file) -> dict[str, str]:
 
 
 def _openapi() -> dict:
-    from app.main import create_app
+    from dfmscd_service.api.main import create_app
 
     return create_app().openapi()  # the document only: no lifespan, no database
 
@@ -99,7 +99,7 @@ def test_api_conforms_to_its_schema(case, client, fuzz_key, fuzz_ids):
 
 
 def test_every_authenticated_operation_declares_the_auth_and_rate_limit_errors():
-    """401 (bad key) and 429 (rate limit, app/ratelimit.py) can answer any authenticated route;
+    """401 (bad key) and 429 (rate limit, dfmscd_service/api/ratelimit.py) can answer any authenticated route;
     a CI-sized fuzz rarely reaches the rate limit, so this is checked on the document itself."""
     spec = _openapi()
     missing = [

@@ -1,6 +1,6 @@
 """Tenant isolation: two owners, every resource endpoint, in both directions.
 
-Extends tests/app/test_auth.py (one direction, unfinished job) with: finished jobs whose
+Extends tests/dfmscd_service/api/test_auth.py (one direction, unfinished job) with: finished jobs whose
 students really are stored (so the owner gets 200 where the intruder gets 404, in every
 download format), mutating calls that must leave the victim's resource untouched, idempotency
 keys scoped per owner, a scan of the whole database for a plaintext key, and revocation
@@ -18,10 +18,10 @@ from hardening_kit import live_server
 from service_kit import assert_error, job_body, make_key, store_results_like_the_worker, upload_teacher
 from sqlalchemy import inspect, select, text
 
-from app.auth import create_api_key, hash_key
-from app.db import get_engine, session_scope
-from app.models import ApiKey, Job
-from app.storage import get_storage
+from dfmscd_service.api.auth import create_api_key, hash_key
+from dfmscd_service.core.db import get_engine, session_scope
+from dfmscd_service.core.models import ApiKey, Job
+from dfmscd_service.core.storage import get_storage
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"tenant-samples"
 
@@ -167,7 +167,7 @@ def test_database_holds_no_plaintext_key(client, tenants):
 
 def test_revoked_key_is_401_on_every_endpoint_at_once(client, tenants, teacher_file):
     """Revoked through the CLI entry point; the owner's second key keeps working."""
-    from app.cli import revoke_key
+    from dfmscd_service.cli import revoke_key
 
     owner = tenants["a"]
     with session_scope() as s:
@@ -189,7 +189,7 @@ def test_revoked_key_is_401_on_every_endpoint_at_once(client, tenants, teacher_f
 
 def test_revoking_a_key_ends_an_event_stream_it_opened(client, tenants):
     """An SSE stream authenticated before the revocation stops at its next poll with an error event."""
-    from app.cli import revoke_key
+    from dfmscd_service.cli import revoke_key
 
     owner = tenants["a"]
     with session_scope() as s:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from worker.sweeper import purge_delivered_messages
+from dfmscd_service.core.broker import purge_delivered_messages
 
 
 def _rows(db) -> dict[bool, int]:

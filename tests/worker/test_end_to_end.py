@@ -50,7 +50,7 @@ def test_distillation_end_to_end(client, auth, teacher, teacher_file, celery_wor
     png = client.get(f"/v1/jobs/{jid}/samples.png", headers=auth)
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     # the checkpoint scratch space is freed once the job is done
-    from app.settings import get_settings
+    from dfmscd_service.core.settings import get_settings
 
     assert not get_settings().job_dir(jid).exists()
 
@@ -81,7 +81,7 @@ def test_cancel_while_running_keeps_partial_students(client, auth, teacher, cele
 
 
 def test_redelivered_message_for_a_finished_job_does_nothing(client, auth, teacher, celery_worker):
-    from app.queue import enqueue_job
+    from dfmscd_service.core.broker import enqueue_job
 
     jid = client.post("/v1/jobs", headers=auth, json=job_body(
         teacher["id"], hyperparameters=TINY_HYPERPARAMETERS, budget={"epochs": 1})).json()["id"]
@@ -98,7 +98,7 @@ def test_redelivered_message_for_a_finished_job_does_nothing(client, auth, teach
 def test_a_failing_job_ends_failed_with_a_reason_and_the_worker_goes_on(client, auth, teacher_file, celery_worker):
     from service_kit import upload_teacher
 
-    from app.settings import get_settings
+    from dfmscd_service.core.settings import get_settings
 
     broken = upload_teacher(client, auth, teacher_file).json()
     for f in (get_settings().storage_dir / "teachers" / broken["id"]).iterdir():

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from worker.faults import ENV_VAR, FaultSpec, fault_callback, parse_fault
+from dfmscd_service.worker.faults import ENV_VAR, FaultSpec, fault_callback, parse_fault
 
 
 def test_parse_fault_accepts_only_the_documented_forms():

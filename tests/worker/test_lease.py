@@ -10,11 +10,11 @@ import redis
 from service_kit import REDIS_URL
 from sqlalchemy import update
 
-from app.db import session_factory, session_scope
-from app.models import Job, JobStudent, new_id, utcnow
-from app.settings import get_settings
-from worker.lease import claim, renew, still_owner
-from worker.sweeper import sweep_once
+from dfmscd_service.core.db import session_factory, session_scope
+from dfmscd_service.core.models import Job, JobStudent, new_id, utcnow
+from dfmscd_service.core.settings import get_settings
+from dfmscd_service.worker.lease import claim, renew, still_owner
+from dfmscd_service.worker.sweeper import sweep_once
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from service_kit import TINY_HYPERPARAMETERS, job_body, wait_for
 from worker_kit import WorkerProcess
 
-from app.settings import get_settings
+from dfmscd_service.core.settings import get_settings
 from dfmscd.io import load_model
 
 

@@ -41,7 +41,7 @@ class WorkerProcess:
         name = f"test-{secrets.token_hex(3)}@%h"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", self.env.get("DFMSCD_QUEUE_NAME", "distill"),
+            [sys.executable, "-m", "celery", "-A", "dfmscd_service.worker.celery_app", "worker", "-Q", self.env.get("DFMSCD_QUEUE_NAME", "distill"),
              "--concurrency", "1", "--loglevel", "INFO", "-n", name,
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,

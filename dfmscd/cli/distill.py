@@ -1,0 +1,264 @@
+"""``dfmscd distill``: run the Distiller and write students, report.json and samples.png.
+
+Ctrl-C (or SIGTERM) asks the engine to stop at the next step boundary; whatever the students
+have learnt so far is still written, with ``status: cancelled`` in the report. A second Ctrl-C
+aborts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from dfmscd.cli.options import EXIT_INTERRUPTED, EXIT_OK, PROG, parse_set_option, parse_student_option
+from dfmscd.errors import ConfigError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+REPORT_NAME = "report.json"
+SAMPLES_NAME = "samples.png"
+SAMPLES_PER_CLASS = 8
+PLAIN_PROGRESS_EVERY_S = 30.0  # without a terminal, a heartbeat line during long epochs
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(f"{PROG}: {message}\n")
+    sys.stderr.flush()
+
+
+class CancelFlag:
+    """Turns the first SIGINT/SIGTERM into a cooperative cancel; the second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        _log("cancelling after the current step; partial students will be saved (press Ctrl-C again to abort)")
+
+    def __enter__(self) -> "CancelFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def _scalars(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Flatten one level of nesting ({"loss": {"vgg8": 0.1}} -> loss.vgg8) keeping numbers only."""
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out.append((name, value))
+        elif isinstance(value, dict) and not prefix:
+            out.extend(_scalars(value, prefix=f"{name}."))
+    return out
+
+
+# Shown per epoch (in this order) when the engine reports them; everything else stays in report.json.
+SHOWN_METRICS = ("student_loss", "pool_size", "pool_balance", "images_per_s", "elapsed_s")
+
+
+def _metric_fields(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    chosen = {k: data[k] for k in SHOWN_METRICS if k in data}
+    return _scalars(chosen) if chosen else _scalars(data)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class ProgressPrinter:
+    """Engine events -> a tqdm bar on a terminal, or one plain line per metrics event otherwise."""
+
+    def __init__(self, interactive: bool, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar = None
+        if interactive and not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, unit="‰", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        self._last_plain = time.monotonic()
+
+    def __call__(self, event: Any) -> None:
+        if self.quiet:
+            return
+        kind, data = getattr(event, "kind", ""), getattr(event, "data", {}) or {}
+        progress = float(getattr(event, "progress", 0.0) or 0.0)
+        epoch = getattr(event, "epoch", 0)
+        if self.bar is not None:
+            self.bar.n = max(self.bar.n, min(1000, int(progress * 1000)))
+            self.bar.set_description(f"epoch {epoch}", refresh=False)
+            if kind == "metrics":
+                self.bar.set_postfix_str(" ".join(f"{k}={_fmt(v)}" for k, v in _metric_fields(data)), refresh=False)
+            elif kind in ("log", "checkpoint"):
+                self.bar.write(f"{PROG}: {data.get('message', kind)}", file=sys.stderr)
+            self.bar.refresh()
+            return
+        if kind == "metrics":
+            fields = " ".join(f"{k}={_fmt(v)}" for k, v in _metric_fields(data))
+            line = f"epoch {epoch} {progress * 100:5.1f}% {fields}".rstrip()
+        elif kind == "log":
+            line = str(data.get("message", data))
+        elif kind == "checkpoint":
+            line = f"epoch {epoch} checkpoint saved"
+        elif kind == "progress" and time.monotonic() - self._last_plain >= PLAIN_PROGRESS_EVERY_S:
+            line = f"epoch {epoch} {progress * 100:5.1f}% {data.get('phase', '')}".rstrip()
+        else:
+            return
+        _log(line)
+        self._last_plain = time.monotonic()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _students(values: list[str]) -> list[Any]:
+    from dfmscd.engine import StudentSpec
+    from dfmscd.models import is_model
+    from dfmscd.errors import UnknownArchitectureError
+
+    specs = []
+    for text in values:
+        name, arch = parse_student_option(text)
+        if not is_model(arch):
+            raise UnknownArchitectureError(f"unknown student architecture {arch!r}; run '{PROG} architectures' for the list")
+        specs.append(StudentSpec(architecture=arch, name=name))
+    return specs
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from dfmscd.config import resolve_config
+
+    overrides = dict(parse_set_option(text) for text in args.set)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.device is not None:
+        overrides["device"] = args.device
+    return resolve_config(args.preset, overrides)
+
+
+def _prepare_out(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _samples_labels(result: Any, teacher: Any, card: Any) -> Any:
+    """Rows of the grid = the teacher's argmax (what the picture shows), unless the engine says."""
+    import torch
+
+    labels = getattr(result, "sample_labels", None)
+    if labels is not None and len(labels) == len(result.samples):
+        return labels
+    x = result.samples.float().div(255.0)
+    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.std).view(1, -1, 1, 1)
+    device = next(teacher.parameters()).device
+    with torch.no_grad():
+        return teacher((x - mean).div(std).to(device)).argmax(1).cpu()
+
+
+def write_outputs(result: Any, out: Path, teacher: Any, teacher_card: Any, exports: list[str],
+                  extra: dict[str, Any]) -> dict[str, Any]:
+    """Students (+exports), samples.png and report.json; returns the files written (names
+    relative to ``out``, so the folder can be moved or served as is)."""
+    from dfmscd.io import export_onnx, export_torchscript, save_model
+    from dfmscd.report import save_samples_png, write_json_atomic
+
+    exporters: dict[str, tuple[str, Callable[..., Any]]] = {
+        "onnx": (".onnx", export_onnx), "torchscript": (".torchscript.pt", export_torchscript)}
+    files: dict[str, Any] = {"students": {}, "exports": {}}
+    for name, module in result.students.items():
+        card = result.cards[name]
+        path = out / f"{name}.safetensors"
+        save_model(module, card, path)
+        files["students"][name] = path.name
+        for fmt in exports:
+            suffix, export = exporters[fmt]
+            target = out / f"{name}{suffix}"
+            export(module, card, target)
+            files["exports"].setdefault(name, {})[fmt] = target.name
+    samples = getattr(result, "samples", None)
+    if samples is not None and len(samples):
+        save_samples_png(samples, _samples_labels(result, teacher, teacher_card), out / SAMPLES_NAME,
+                         per_class=SAMPLES_PER_CLASS, class_names=teacher_card.class_names,
+                         num_classes=teacher_card.num_classes)
+        files["samples"] = SAMPLES_NAME
+    files["report"] = REPORT_NAME
+    files["checkpoint"] = CHECKPOINT_NAME if (out / CHECKPOINT_NAME).exists() else None
+    report = {**result.report, "status": result.status, **extra, "files": files}
+    write_json_atomic(out / REPORT_NAME, report)
+    return files
+
+
+def _summary(result: Any, out: Path, files: dict[str, Any], wall: float) -> None:
+    print(f"status: {result.status} ({wall:.1f}s)")
+    per_student = result.report.get("students") if isinstance(result.report, dict) else None
+    for name, path in files["students"].items():
+        metrics = per_student.get(name, {}) if isinstance(per_student, dict) else {}
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in _scalars(metrics) if "." not in k)
+        print(f"  {name}: {out / path} {shown}".rstrip())
+    for key in ("samples", "report"):
+        if files.get(key):
+            print(f"  {key}: {out / files[key]}")
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from dfmscd.config import Budget
+    from dfmscd.engine import Distiller
+    from dfmscd.io import load_teacher, read_card
+
+    students = _students(args.student)
+    config = _config(args)
+    budget = Budget.parse(args.budget) if args.budget else None
+    card = read_card(args.card)
+    teacher = load_teacher(args.teacher, card)
+    out = _prepare_out(args.out)
+    checkpoint = out / CHECKPOINT_NAME
+    if checkpoint.exists() and not args.resume:
+        _log(f"{checkpoint} exists; starting afresh and overwriting it (use --resume to continue instead)")
+    elif args.resume and not checkpoint.exists():
+        _log(f"no {checkpoint} to resume from; starting afresh")
+
+    printer = ProgressPrinter(interactive=sys.stderr.isatty(), quiet=args.quiet)
+    started = time.monotonic()
+    try:
+        with CancelFlag() as cancel:
+            distiller = Distiller(teacher, card, students, config, budget=budget, callbacks=[printer],
+                                  should_cancel=cancel, checkpoint_path=checkpoint)
+            result = distiller.run(resume=args.resume)
+    finally:
+        printer.close()
+    extra = {"cli": {"teacher": str(args.teacher), "card": str(args.card), "preset": args.preset,
+                     "budget": args.budget, "resume_requested": bool(args.resume), "exports": args.export}}
+    files = write_outputs(result, out, teacher, card, args.export, extra)
+    _summary(result, out, files, time.monotonic() - started)
+    return EXIT_OK if result.status == "completed" else EXIT_INTERRUPTED
+
+
+__all__ = ["run_distill", "write_outputs", "ProgressPrinter", "CancelFlag"]

@@ -1,0 +1,69 @@
+"""The FastAPI application: ``create_app()`` (uvicorn: ``dfmscd_service.api.main:create_app --factory``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+import dfmscd
+from dfmscd_service.api.body_limit import BodySizeLimitMiddleware
+from dfmscd_service.api.errors import CatchAllMiddleware, install_error_handlers
+from dfmscd_service.api.routes import architectures, downloads, events, health, jobs, teachers
+from dfmscd_service.core.settings import get_settings
+from dfmscd_service.core.startup import prepare
+
+log = logging.getLogger("dfmscd.api")
+
+DESCRIPTION = """Distill one trained image classifier (the teacher) into several smaller students at
+once, without the teacher's training data (DF-MSCD). Upload a teacher, create a job, follow its
+events, download the students. Every endpoint but the health probes needs
+`Authorization: Bearer <api key>`; errors answer `{"error": {"code", "message"}}`."""
+
+
+def _warm_zoo() -> None:
+    """Import torchvision's model list now rather than inside the first request that needs it."""
+    from dfmscd.models import list_models
+
+    list_models()
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # The DB pool is sized from this (dfmscd_service/core/db.py): one connection per thread can never run out.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
+    await run_in_threadpool(prepare)
+    await run_in_threadpool(_warm_zoo)
+    yield
+    await run_in_threadpool(architectures.stop_background)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="dfmscd",
+        version=dfmscd.__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=get_settings().max_json_body_bytes)
+    app.add_middleware(CatchAllMiddleware)
+    for module in (health, teachers, jobs, events, downloads, architectures):
+        app.include_router(module.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn dfmscd_service.api.main:app` (as in docker-compose.yml) gets an application built on first use.
+    if name == "app":
+        global _app
+        try:
+            return _app
+        except NameError:
+            _app = create_app()
+            return _app
+    raise AttributeError(name)

@@ -1,0 +1,162 @@
+"""Per-key request rate limit: a fixed window counter, in Redis when there is one.
+
+Why a fixed window: one ``INCR`` (plus ``EXPIRE``) per request is the cheapest counter that
+several API processes can share, and its known weakness (up to twice the allowance across a
+window boundary) is harmless for a limit meant to stop runaway clients, not to meter usage.
+
+Where the counters live: with a Redis broker (``DFMSCD_BROKER_URL=redis://...``, the
+PostgreSQL/Redis deployment that runs several API processes) or an explicit
+``DFMSCD_RATE_LIMIT_REDIS_URL`` they are Redis keys ``<broker_key_prefix>ratelimit:<key id>:<window>``
+shared by every process; otherwise (embedded mode: one API process) they are in this process.
+If Redis cannot be reached the limiter fails open onto in-process counters for a few seconds
+and retries: a Redis restart must not turn every request into an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+from dfmscd_service.api.errors import ApiError
+from dfmscd_service.core.settings import Settings, get_settings
+
+log = logging.getLogger("dfmscd.api")
+
+REDIS_RETRY_SECONDS = 5.0
+_REDIS_TIMEOUT_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after: int  # whole seconds until the window ends (>= 1)
+
+
+class Counter(Protocol):
+    def incr(self, name: str, ttl_seconds: int) -> int:
+        """Add one to ``name`` (created at 0, forgotten after ``ttl_seconds``); return the new value."""
+
+
+class MemoryCounter:
+    """Counters in this process; expired names are pruned as new ones are made."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, float]] = {}
+
+    def incr(self, name: str, ttl_seconds: int) -> int:
+        now = time.monotonic()
+        with self._lock:
+            count, expires = self._counts.get(name, (0, now + ttl_seconds))
+            if expires <= now:
+                count, expires = 0, now + ttl_seconds
+            if name not in self._counts and len(self._counts) > 1024:
+                self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            self._counts[name] = (count + 1, expires)
+            return count + 1
+
+
+class RedisCounter:
+    """``INCR`` + ``EXPIRE`` in one round trip, shared by every process using the same Redis."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.prefix = prefix
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_TIMEOUT_SECONDS
+        )
+
+    def incr(self, name: str, ttl_seconds: int) -> int:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.incr(self.prefix + name)
+        pipe.expire(self.prefix + name, ttl_seconds)
+        count, _ = pipe.execute()
+        return int(count)
+
+
+class RateLimiter:
+    """Fixed-window limiter over a counter; falls back to memory while Redis is unreachable."""
+
+    def __init__(self, primary: Counter, fallback: MemoryCounter | None = None) -> None:
+        self.primary = primary
+        self.fallback = fallback or MemoryCounter()
+        self._primary_down_until = 0.0
+
+    def _incr(self, name: str, ttl: int) -> int:
+        if self.primary is self.fallback or time.monotonic() < self._primary_down_until:
+            return self.fallback.incr(name, ttl)
+        try:
+            return self.primary.incr(name, ttl)
+        except Exception as exc:  # noqa: BLE001 - redis raises ConnectionError, TimeoutError, ...
+            self._primary_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+            log.warning("rate limit counters unreachable (%s); counting in-process for %.0fs",
+                        type(exc).__name__, REDIS_RETRY_SECONDS)
+            return self.fallback.incr(name, ttl)
+
+    def hit(self, bucket: str, limit: int, window_seconds: int, now: float | None = None) -> Decision:
+        """Count one request for ``bucket``; allowed while the window's count is within ``limit``."""
+        now = time.time() if now is None else now
+        window = int(now // window_seconds)
+        count = self._incr(f"ratelimit:{bucket}:{window}", window_seconds + 1)
+        retry_after = max(1, math.ceil((window + 1) * window_seconds - now))
+        return Decision(allowed=count <= limit, limit=limit, remaining=max(0, limit - count), retry_after=retry_after)
+
+
+def limiter_url(settings: Settings) -> str | None:
+    """The Redis URL the counters live in, or None for in-process counters."""
+    if settings.rate_limit_redis_url:
+        return settings.rate_limit_redis_url
+    broker = settings.resolved_broker_url
+    return broker if broker.startswith(("redis://", "rediss://")) else None
+
+
+_limiters: dict[tuple[str | None, str], RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def get_limiter(settings: Settings | None = None) -> RateLimiter:
+    """One limiter per (Redis URL, key prefix), so that settings changes pick the right store."""
+    settings = settings or get_settings()
+    ident = (limiter_url(settings), settings.broker_key_prefix)
+    with _limiters_lock:
+        limiter = _limiters.get(ident)
+        if limiter is None:
+            memory = MemoryCounter()
+            primary: Counter = RedisCounter(ident[0], ident[1]) if ident[0] else memory
+            limiter = _limiters[ident] = RateLimiter(primary, memory)
+        return limiter
+
+
+def allowance(settings: Settings) -> int:
+    """Requests allowed per window: the per-minute rate scaled to the window, at least one."""
+    return max(1, round(settings.rate_limit_per_minute * settings.rate_limit_window_seconds / 60))
+
+
+def enforce_rate_limit(key_id: str) -> None:
+    """Raise a 429 ``rate_limited`` (with ``Retry-After``) when ``key_id`` is over its rate."""
+    settings = get_settings()
+    if not settings.rate_limit_per_minute:
+        return
+    limit = allowance(settings)
+    decision = get_limiter(settings).hit(key_id, limit, settings.rate_limit_window_seconds)
+    if decision.allowed:
+        return
+    raise ApiError(
+        429,
+        "rate_limited",
+        f"more than {limit} requests in {settings.rate_limit_window_seconds}s for this API key; "
+        f"retry after {decision.retry_after}s",
+        {
+            "Retry-After": str(decision.retry_after),
+            "RateLimit-Limit": str(limit),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(decision.retry_after),
+        },
+    )

@@ -1,0 +1,85 @@
+"""Students of a job: metadata, weights (safetensors / ONNX / TorchScript) and the samples grid."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy.orm import Session
+
+from dfmscd_service.api.auth import Principal, require_key
+from dfmscd_service.core.db import get_session
+from dfmscd_service.api.errors import ApiError, not_found
+from dfmscd_service.api.exports import SUFFIX, ensure_export
+from dfmscd_service.core.models import Job, JobStudent
+from dfmscd_service.api.ranges import file_response
+from dfmscd_service.api.routes.jobs import get_owned_job
+from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.schemas import ErrorBody, StudentDetail
+from dfmscd_service.core.storage import get_storage
+from dfmscd_service.api.views import student_detail
+
+router = APIRouter(prefix="/v1/jobs", tags=["students"], route_class=SessionReleasingRoute)
+_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 416, 422, 429)}
+_BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+_MEDIA = {"safetensors": "application/octet-stream", "onnx": "application/octet-stream",
+          "torchscript": "application/octet-stream"}
+
+
+def _student(job: Job, name: str) -> JobStudent:
+    for s in job.students:
+        if s.name == name:
+            return s
+    raise not_found("student", name)
+
+
+@router.get("/{job_id}/students/{name}", response_model=StudentDetail, responses=_ERRORS)
+def get_student(
+    job_id: str, name: str, principal: Principal = Depends(require_key), session: Session = Depends(get_session)
+) -> StudentDetail:
+    job = get_owned_job(session, principal, job_id)
+    return student_detail(job.id, _student(job, name))
+
+
+@router.get(
+    "/{job_id}/students/{name}/weights",
+    response_class=Response,
+    responses={200: _BINARY, 206: _BINARY, 304: {"description": "not modified"}, **_ERRORS},
+)
+def download_weights(
+    request: Request,
+    job_id: str,
+    name: str,
+    format: Literal["safetensors", "onnx", "torchscript"] = Query("safetensors"),
+    principal: Principal = Depends(require_key),
+    session: Session = Depends(get_session),
+) -> Response:
+    """The student's weights; ETag is the file's sha256; Range requests supported."""
+    job = get_owned_job(session, principal, job_id)
+    student = _student(job, name)
+    if not student.storage_key or not student.sha256:
+        raise ApiError(404, "not_ready", f"student {name!r} has no weights yet (job is {job.status})")
+    storage = get_storage()
+    if format == "safetensors":
+        key, digest, filename = student.storage_key, student.sha256, f"{name}.safetensors"
+    else:
+        entry = ensure_export(session, storage, student, format)
+        key, digest, filename = entry["key"], entry["sha256"], f"{name}.{SUFFIX[format]}"
+    return file_response(request, storage, key, digest, _MEDIA[format], filename)
+
+
+@router.get(
+    "/{job_id}/samples.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **_ERRORS},
+)
+def download_samples(
+    request: Request, job_id: str, principal: Principal = Depends(require_key), session: Session = Depends(get_session)
+) -> Response:
+    """A grid of synthesized images, a few per class (written when the job ends)."""
+    job = get_owned_job(session, principal, job_id)
+    if not job.samples_key:
+        raise ApiError(404, "not_ready", f"job {job_id!r} has no samples yet (status {job.status})")
+    storage = get_storage()
+    digest = job.samples_sha256 or job.id
+    return file_response(request, storage, job.samples_key, digest, "image/png", f"{job_id}-samples.png")

@@ -1,0 +1,195 @@
+"""Teachers: streamed upload with a size cap, validation by the library, then storage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from dfmscd_service.api.auth import Principal, lock_owner, require_key
+from dfmscd_service.core.db import get_session, session_factory
+from dfmscd_service.api.errors import ApiError, not_found
+from dfmscd_service.core.models import ACTIVE_STATUSES, Job, JobStudent, Teacher, new_id
+from dfmscd_service.api.pagination import PageParams, is_valid_id, keyset_page
+from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.schemas import ErrorBody, Page, TeacherOut
+from dfmscd_service.core.settings import get_settings
+from dfmscd_service.core.storage import get_storage
+from dfmscd_service.api.teacher_validation import check_card, check_teacher, sniff_format
+from dfmscd_service.api.uploads import receive_upload
+from dfmscd_service.api.views import teacher_out
+from dfmscd.io.card import ModelCard
+
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"], route_class=SessionReleasingRoute)
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "card"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "safetensors or weights-only .pt/.pth"},
+                        "card": {"type": "string", "description": "model card JSON"},
+                    },
+                }
+            }
+        },
+    }
+}
+_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 413, 415, 422, 429)}
+
+
+def _clean_filename(name: str | None) -> str | None:
+    """The client's file name, for display only: no directories, no control characters."""
+    if not name:
+        return None
+    base = "".join(ch for ch in name.replace("\\", "/").rsplit("/", 1)[-1] if ch.isprintable())
+    return base[:255] or None
+
+
+def storage_used(session: Session, owner_id: str) -> int:
+    """Bytes an owner keeps in storage: teachers plus stored students."""
+    t = session.scalar(select(func.coalesce(func.sum(Teacher.size_bytes), 0)).where(Teacher.owner_id == owner_id)) or 0
+    s = session.scalar(
+        select(func.coalesce(func.sum(JobStudent.size_bytes), 0))
+        .join(Job, Job.id == JobStudent.job_id)
+        .where(Job.owner_id == owner_id)
+    ) or 0
+    return int(t) + int(s)
+
+
+def _check_quota(session: Session, owner_id: str, extra: int) -> None:
+    limit = get_settings().max_storage_bytes_per_key
+    if not limit:
+        return
+    used = storage_used(session, owner_id)
+    if used + extra > limit:
+        raise ApiError(413, "storage_quota_exceeded", f"storage quota of {limit} bytes would be exceeded ({used} used)")
+
+
+def _precheck_quota(owner_id: str, extra: int) -> None:
+    """Refuse early, before the file is stored; the binding check is the locked one in ``_insert``."""
+    with session_factory()() as session:
+        _check_quota(session, owner_id, extra)
+
+
+@router.post("", status_code=201, response_model=TeacherOut, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
+async def upload_teacher(request: Request, principal: Principal = Depends(require_key)) -> TeacherOut:
+    """Upload a teacher: multipart fields ``file`` (weights) and ``card`` (model card JSON)."""
+    settings = get_settings()
+    checked: list[ModelCard] = []
+
+    def on_card(raw: bytes) -> None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(422, "invalid_card", "model card is not UTF-8 text") from None
+        checked.append(check_card(text))
+
+    upload = await receive_upload(
+        request, settings.tmp_dir, settings.max_upload_bytes, settings.max_card_bytes, on_card=on_card
+    )
+    path: Path | None = upload.path
+    try:
+        if upload.extra_fields:
+            raise ApiError(422, "validation_error", f"unexpected form field(s): {', '.join(upload.extra_fields)}")
+        if upload.size_bytes == 0:
+            raise ApiError(422, "invalid_checkpoint", "the weights file is empty")
+        card = checked[0] if checked else check_card(upload.card_text)
+        fmt = sniff_format(upload.path, upload.filename)
+        typed = upload.path.with_name(upload.path.stem + (".safetensors" if fmt == "safetensors" else ".pt"))
+        os.replace(upload.path, typed)
+        path = typed
+        await run_in_threadpool(
+            check_teacher, typed, card, max(settings.max_upload_bytes, 1), _clean_filename(upload.filename)
+        )
+        await run_in_threadpool(_precheck_quota, principal.owner_id, upload.size_bytes)
+
+        teacher_id = new_id("tch")
+        key = f"teachers/{teacher_id}/weights.{'safetensors' if fmt == 'safetensors' else 'pt'}"
+        stored = await run_in_threadpool(get_storage().put_file, key, typed)
+        path = None  # moved into storage
+        if stored.sha256 != upload.sha256:  # the file changed under us: refuse rather than lie
+            get_storage().delete_prefix(f"teachers/{teacher_id}")
+            raise ApiError(500, "internal_error", "stored file does not match the upload")
+        row = Teacher(
+            id=teacher_id,
+            owner_id=principal.owner_id,
+            sha256=upload.sha256,
+            size_bytes=upload.size_bytes,
+            file_format=fmt,
+            storage_key=key,
+            card=card.model_dump(mode="json", exclude_none=True),
+            filename=_clean_filename(upload.filename),
+        )
+
+        def _insert() -> Teacher:
+            with session_factory()() as session:
+                try:
+                    if get_settings().max_storage_bytes_per_key:
+                        # Simultaneous uploads all pass the early check; under the owner's lock
+                        # exactly those that fit are committed (the lock ends with the commit).
+                        lock_owner(session, principal.owner_id)
+                        _check_quota(session, principal.owner_id, upload.size_bytes)
+                    session.add(row)
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    get_storage().delete_prefix(f"teachers/{teacher_id}")  # this upload's own folder
+                    raise
+                return row
+
+        return teacher_out(await run_in_threadpool(_insert))
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def get_owned_teacher(session: Session, principal: Principal, teacher_id: str) -> Teacher:
+    # A malformed id (say with a NUL, which PostgreSQL text refuses) cannot name a row: 404 unread.
+    row = session.get(Teacher, teacher_id) if is_valid_id(teacher_id, "tch") else None
+    if row is None or row.owner_id != principal.owner_id:
+        raise not_found("teacher", teacher_id)
+    return row
+
+
+@router.get("", response_model=Page[TeacherOut], responses=_ERRORS)
+def list_teachers(
+    page: PageParams = Depends(),
+    principal: Principal = Depends(require_key),
+    session: Session = Depends(get_session),
+) -> Page[TeacherOut]:
+    q = select(Teacher).where(Teacher.owner_id == principal.owner_id)
+    rows, next_cursor = keyset_page(session, q, Teacher.id, page)
+    return Page[TeacherOut](data=[teacher_out(r) for r in rows], has_more=next_cursor is not None, next=next_cursor)
+
+
+@router.get("/{teacher_id}", response_model=TeacherOut, responses=_ERRORS)
+def get_teacher(
+    teacher_id: str, principal: Principal = Depends(require_key), session: Session = Depends(get_session)
+) -> TeacherOut:
+    return teacher_out(get_owned_teacher(session, principal, teacher_id))
+
+
+@router.delete("/{teacher_id}", status_code=204, response_class=Response, responses=_ERRORS)
+def delete_teacher(
+    teacher_id: str, principal: Principal = Depends(require_key), session: Session = Depends(get_session)
+) -> Response:
+    """Delete a teacher and its file; refused (409) while a job that uses it is still active."""
+    row = get_owned_teacher(session, principal, teacher_id)
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.teacher_id == row.id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if active:
+        raise ApiError(409, "teacher_in_use", f"teacher {teacher_id!r} is used by {active} active job(s)")
+    session.delete(row)
+    session.commit()
+    get_storage().delete_prefix(f"teachers/{teacher_id}")
+    return Response(status_code=204)

@@ -1,0 +1,93 @@
+"""Database engine and sessions, shared by the API (a FastAPI dependency) and the worker.
+
+SQLite (embedded mode) gets WAL, a busy timeout and foreign keys so that the API process and
+the worker process can write the same file; PostgreSQL gets pre-ping so that a restarted
+server costs one retry rather than a 500.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.pool import NullPool
+from sqlalchemy.orm import Session, sessionmaker
+
+from dfmscd_service.core.settings import get_settings
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        # SQLite connections are cheap files: no pool, so nothing to exhaust.
+        engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    settings = get_settings()
+    capacity = settings.db_pool_size or settings.api_threads + 2
+    kept = min(10, capacity)  # connections kept open when idle; the rest open on demand
+    return create_engine(url, pool_pre_ping=True, pool_size=kept, max_overflow=capacity - kept,
+                         pool_timeout=settings.db_pool_timeout_seconds, connect_args=connect_args)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    url = url or get_settings().resolved_database_url
+    with _lock:
+        if url not in _engines:
+            _engines[url] = make_engine(url)
+            _factories[url] = sessionmaker(_engines[url], expire_on_commit=False)
+        return _engines[url]
+
+
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    url = url or get_settings().resolved_database_url
+    get_engine(url)
+    return _factories[url]
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error (worker and CLI)."""
+    session = session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_session() -> Iterator[Session]:
+    """FastAPI dependency: one session per request; routes commit explicitly."""
+    session = session_factory()()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def dispose_engines(close: bool = True) -> None:
+    """After fork (worker child) pass ``close=False`` so the parent's connections stay usable."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=close)
+        if close:
+            _engines.clear()
+            _factories.clear()

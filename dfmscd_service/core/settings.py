@@ -1,0 +1,114 @@
+"""Service settings, read from ``DFMSCD_*`` environment variables.
+
+One object is shared by the API, the worker and the CLI so that ``dfmscd serve``, ``dfmscd keys
+create`` and a standalone ``celery worker`` agree on where the database, broker and files are.
+The defaults describe the embedded mode: SQLite and a SQLite-backed broker under ``DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+DAY_S = 86_400
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DFMSCD_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = Field(None, description="default: sqlite under data_dir")
+    broker_url: str | None = Field(None, description="default: kombu SQLAlchemy transport on sqlite under data_dir")
+    # Redis only: prefix for every broker key, so that several deployments (or test runs) can
+    # share one Redis without seeing each other's queues.
+    broker_key_prefix: str = ""
+    queue_name: str = "distill"
+
+    max_upload_bytes: int = Field(2 * GiB, ge=1)
+    max_card_bytes: int = Field(64 * 1024, ge=256)
+    max_students: int = Field(16, ge=1, le=64)
+    max_metadata_bytes: int = Field(16 * 1024, ge=2)
+    max_job_seconds: float = Field(7 * DAY_S, gt=0, description="longest wall-clock budget a job may ask for")
+    worker_gpus: int = Field(
+        1, ge=0, le=64, description="GPUs each worker has: jobs asking for cuda:N with N >= this are refused (0: none)"
+    )
+
+    # Per-key limits (0 = unlimited).
+    max_concurrent_jobs_per_key: int = Field(8, ge=0)
+    max_storage_bytes_per_key: int = Field(200 * GiB, ge=0)
+    # Request rate per key (dfmscd_service/api/ratelimit.py): a fixed window; 0 = unlimited. Counters are in
+    # Redis (shared by every API process) when the broker is redis:// or rate_limit_redis_url
+    # is set, otherwise in-process (embedded mode runs one API process).
+    rate_limit_per_minute: int = Field(1200, ge=0)
+    rate_limit_window_seconds: int = Field(60, ge=1, le=3600)
+    rate_limit_redis_url: str | None = Field(None, description="default: the broker URL when it is redis://")
+
+    # Worker leases: a running job's row carries an owner and an expiry that a heartbeat renews;
+    # a job whose lease ran out belongs to a dead worker and is handed to another one.
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    sweep_seconds: float = Field(30.0, gt=0, description="how often a worker looks for orphaned jobs")
+    requeue_queued_after_seconds: float = Field(
+        3600.0, gt=0, description="re-send the message of a job still queued after this long (lost message)"
+    )
+    cancel_poll_seconds: float = Field(0.5, ge=0)
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads in the worker; 0 = torch default")
+    preload_torch: bool = Field(
+        True, description="import torch and the engine in the worker's main process (never CUDA) so each job's child starts fast"
+    )
+
+    migrate_on_start: bool = True
+    stale_temp_seconds: float = Field(
+        600.0, ge=0, description="at start-up, delete temp files (uploads, atomic writes) untouched this long"
+    )
+    # Concurrency of the API process. Sync routes run on AnyIO's threadpool (``api_threads``
+    # tokens); each thread holds at most one pooled connection, and only while it runs (see
+    # dfmscd_service/api/routing.py), so a pool at least as large as the threadpool can never be exhausted by
+    # requests waiting for a thread. ``db_pool_size`` None = api_threads + 2 (the readiness probe
+    # and the architectures' background fill).
+    api_threads: int = Field(40, ge=1, le=1000)
+    db_pool_size: int | None = Field(None, ge=1, le=1000)
+    db_pool_timeout_seconds: float = Field(30.0, gt=0)
+    # Largest JSON request body (POST /v1/jobs); teacher uploads have their own caps above.
+    max_json_body_bytes: int = Field(1024 * 1024, ge=1024)
+    sse_poll_seconds: float = Field(0.5, gt=0)
+    sse_keepalive_seconds: float = Field(15.0, gt=0)
+
+    @property
+    def visibility_timeout_seconds(self) -> int:
+        """Longer than the longest job, so the broker never redelivers a healthy long run."""
+        return int(self.max_job_seconds + DAY_S)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'dfmscd.sqlite').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    def job_dir(self, job_id: str) -> Path:
+        """Scratch space of one job (checkpoints); not part of storage."""
+        return self.data_dir / "jobs" / job_id
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.storage_dir, self.tmp_dir, self.data_dir / "jobs"):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests call ``get_settings.cache_clear()`` after changing the env."""
+    return Settings()

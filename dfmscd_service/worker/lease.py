@@ -1,0 +1,114 @@
+"""Job leases: the conditional UPDATEs that make the database, not the broker, decide who runs a job.
+
+A message may be delivered twice (late ack + redelivery, an orphan re-sent by a sweep); the
+claim succeeds only for a queued job or a job whose previous runner's lease has run out, so a
+job never runs twice at the same time and a finished job is never rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.orm import Session
+
+from dfmscd_service.core.models import Job, JobStudent, utcnow
+
+
+def new_lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _expired(now: datetime):  # type: ignore[no-untyped-def]
+    return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+
+
+def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """queued → running, or take over a running/cancelling job whose lease expired."""
+    now = utcnow()
+    res = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(
+                Job.status == "queued",
+                and_(Job.status.in_(("running", "cancelling")), _expired(now)),
+            ),
+        )
+        .values(
+            status=case((Job.status == "queued", "running"), else_=Job.status),
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=Job.attempts + 1,
+            started_at=case((Job.started_at.is_(None), now), else_=Job.started_at),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    claimed = res.rowcount == 1  # type: ignore[attr-defined]
+    if claimed:
+        session.execute(
+            update(JobStudent)
+            .where(JobStudent.job_id == job_id, JobStudent.status == "queued")
+            .values(status="running")
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return claimed
+
+
+def renew(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Extend our lease; False means another worker owns the job now (stop, write nothing)."""
+    now = utcnow()
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_(("running", "cancelling")))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def still_owner(session: Session, job_id: str, owner: str) -> tuple[bool, str | None, datetime | None]:
+    """(do we hold the lease, current status, when a cancel was asked) — one read for the cancellation poll."""
+    row = session.execute(
+        select(Job.lease_owner, Job.status, Job.cancel_requested_at).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None:
+        return False, None, None
+    return row[0] == owner, row[1], row[2]
+
+
+def orphaned_job_ids(session: Session, now: datetime) -> list[str]:
+    """Running/cancelling jobs whose lease ran out and that were not re-sent since."""
+    rows = session.scalars(
+        select(Job.id).where(
+            Job.status.in_(("running", "cancelling")),
+            Job.lease_expires_at < now,
+            or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at),
+        )
+    )
+    return list(rows)
+
+
+def stale_queued_job_ids(session: Session, older_than: datetime) -> list[str]:
+    """Queued jobs whose message was sent long ago (a broker that lost it, a crash before claim)."""
+    rows = session.scalars(
+        select(Job.id).where(
+            Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < older_than)
+        )
+    )
+    return list(rows)
+
+
+def mark_enqueued(session: Session, job_id: str, now: datetime, condition) -> bool:  # type: ignore[no-untyped-def]
+    """Stamp ``enqueued_at`` if ``condition`` still holds (so two sweepers send one message)."""
+    res = session.execute(
+        update(Job).where(Job.id == job_id, condition).values(enqueued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]

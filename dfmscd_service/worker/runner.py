@@ -1,0 +1,334 @@
+"""Runs one claimed job in the worker's child process: teacher → Distiller → stored students.
+
+Only this module imports torch and the engine, and only inside the child that Celery forks
+for the task, so CUDA is initialised there and nowhere else. Every write that changes the
+job's outcome is conditional on still holding the lease.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import torch
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dfmscd.config import Budget, DistillConfig
+from dfmscd.engine import Distiller, StudentSpec
+from dfmscd.errors import CardError, CheckpointError, ConfigError, DfmscdError
+from dfmscd.io import ModelCard, load_teacher, save_model
+from dfmscd.report import save_samples_png
+from dfmscd_service.core.db import session_factory
+from dfmscd_service.core.models import Job, JobStudent, Teacher, utcnow
+from dfmscd_service.core.settings import Settings, get_settings
+from dfmscd_service.core.storage import Storage, get_storage
+from dfmscd_service.worker.faults import ENV_VAR as FAULT_ENV_VAR
+from dfmscd_service.worker.faults import fault_callback
+from dfmscd_service.worker.lease import claim, new_lease_owner, renew, still_owner
+from dfmscd_service.worker.recorder import EventRecorder, LeaseLost, _jsonable
+
+log = logging.getLogger("dfmscd.worker")
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease every ``heartbeat_seconds``; notices when it has been taken away."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str, settings: Settings) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.sessions, self.job_id, self.owner, self.settings = sessions, job_id, owner, settings
+        self.stopped = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.heartbeat_seconds):
+            try:
+                with self.sessions() as s:
+                    if not renew(s, self.job_id, self.owner, self.settings.lease_seconds):
+                        self.lost = True
+                        log.warning("job %s: lease lost to another worker", self.job_id)
+                        return
+            except OperationalError as exc:  # DB restarting: keep trying until the lease would expire
+                log.warning("job %s: lease renewal failed: %s", self.job_id, str(exc).splitlines()[0])
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class CancelPoll:
+    """``should_cancel`` for the Distiller: reads the job's status at most every ``interval`` s.
+
+    The Distiller asks before every step and stops at the first True, so the work done after a
+    cancel request is the steps it was allowed to start after the request was committed. This
+    poll counts them (answers of False given after ``cancel_requested_at``) so the job's events
+    can say how promptly it stopped; ``interval`` 0 reads the database before every step.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str, interval: float, hb: Heartbeat) -> None:
+        self.sessions, self.job_id, self.owner, self.interval, self.hb = sessions, job_id, owner, interval, hb
+        self._last = float("-inf")
+        self._answer = False
+        self.lease_lost = False
+        self._allowed_at: deque[float] = deque(maxlen=100_000)  # wall times of the recent False answers
+        self.cancel_requested_at: datetime | None = None
+        self.steps_after_request: int | None = None  # set when a cancel request is first seen
+        self.seen_after_s: float | None = None
+
+    def __call__(self) -> bool:
+        if self.hb.lost:
+            self.lease_lost = True
+            return True
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._poll()
+        if not self._answer:
+            self._allowed_at.append(time.time())
+        return self._answer
+
+    def _poll(self) -> None:
+        try:
+            with self.sessions() as s:
+                owner_ok, status, requested_at = still_owner(s, self.job_id, self.owner)
+        except OperationalError:
+            return
+        if not owner_ok:
+            self.lease_lost = True
+        self._answer = (not owner_ok) or status == "cancelling"
+        if status == "cancelling" and self.steps_after_request is None:
+            self.cancel_requested_at = requested_at
+            if requested_at is not None:
+                t = requested_at.timestamp() if requested_at.tzinfo else requested_at.replace(tzinfo=timezone.utc).timestamp()
+                self.steps_after_request = sum(1 for a in self._allowed_at if a > t)
+                self.seen_after_s = max(0.0, time.time() - t)
+            else:
+                self.steps_after_request = 0
+
+
+@dataclass
+class JobFailure(Exception):
+    code: str
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(code, one-line message) for a failed job."""
+    first = (str(exc).splitlines() or [""])[0][:500]
+    if isinstance(exc, JobFailure):
+        return exc.code, exc.message
+    if isinstance(exc, CheckpointError):
+        return "invalid_checkpoint", first
+    if isinstance(exc, CardError):
+        return "invalid_card", first
+    if isinstance(exc, ConfigError):
+        return "invalid_config", first
+    if isinstance(exc, DfmscdError):
+        return "invalid_input", first
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk_full", f"no space left on device while writing results: {first}"
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in first.lower():
+        return "out_of_memory", f"{type(exc).__name__}: {first}"
+    return "internal_error", f"{type(exc).__name__}: {first}"
+
+
+def _retry_db(fn: Callable[[], Any], attempts: int = 30, delay: float = 1.0) -> Any:
+    """Final writes survive a database restart: retry on connection errors for ~attempts*delay s."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except OperationalError as exc:
+            if i == attempts - 1:
+                raise
+            log.warning("database unavailable (%s); retrying", str(exc).splitlines()[0])
+            time.sleep(delay)  # backoff between retries, not synchronisation
+
+
+class JobRun:
+    def __init__(self, job_id: str, owner: str, settings: Settings, storage: Storage,
+                 sessions: sessionmaker[Session]) -> None:
+        self.job_id, self.owner, self.settings, self.storage, self.sessions = job_id, owner, settings, storage, sessions
+        self.token = uuid.uuid4().hex[:8]  # per attempt: a lost-lease runner never overwrites a winner's files
+        self.written: list[str] = []
+
+    # --- outcome writes (all conditional on the lease) ---
+    def _finish(self, status: str, students: dict[str, dict[str, Any]], **job_values: Any) -> None:
+        def tx() -> None:
+            with self.sessions() as s:
+                now = utcnow()
+                res = s.execute(
+                    update(Job)
+                    .where(Job.id == self.job_id, Job.lease_owner == self.owner)
+                    .values(status=status, lease_owner=None, lease_expires_at=None, finished_at=now,
+                            updated_at=now, eta_seconds=0.0 if status == "succeeded" else None, **job_values)
+                )
+                if res.rowcount != 1:  # type: ignore[attr-defined]
+                    s.rollback()
+                    raise LeaseLost(self.job_id)
+                for name, values in students.items():
+                    s.execute(update(JobStudent).where(JobStudent.job_id == self.job_id, JobStudent.name == name)
+                              .values(**values))
+                s.commit()
+
+        _retry_db(tx)
+
+    def fail(self, code: str, message: str) -> None:
+        with self.sessions() as s:
+            names = [n for (n,) in s.query(JobStudent.name).filter(JobStudent.job_id == self.job_id)]
+        self._finish("failed", {n: {"status": "failed"} for n in names}, error_code=code, error_message=message)
+
+    def discard_files(self) -> None:
+        for key in self.written:
+            self.storage.delete(key)
+
+    # --- the run ---
+    def execute(self, recorder: EventRecorder, should_cancel: CancelPoll) -> str:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        with self.sessions() as s:
+            job = s.get(Job, self.job_id)
+            assert job is not None
+            teacher = s.get(Teacher, job.teacher_id) if job.teacher_id else None
+            specs = [StudentSpec(st.architecture, st.name, dict(st.arch_kwargs or {})) for st in job.students]
+            config = DistillConfig.model_validate(job.config)
+            budget = Budget.model_validate(job.budget)
+            status_at_start = job.status
+        if teacher is None:
+            raise JobFailure("teacher_missing", "the job's teacher was deleted")
+        card = ModelCard.model_validate(teacher.card)
+        weights = self.storage.local_path(teacher.storage_key)
+        if weights is None or not weights.exists():
+            raise JobFailure("teacher_missing", "the teacher's weights file is missing from storage")
+        teacher_model = load_teacher(weights, card, max_bytes=max(self.settings.max_upload_bytes, 1))
+        job_dir = self.settings.job_dir(self.job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if status_at_start == "cancelling":
+            recorder.log("cancel requested before this attempt started")
+        callbacks: list[Callable[[Any], None]] = [recorder]
+        injected = fault_callback(self.job_id, self.settings.data_dir)  # tests only; None unless configured
+        if injected is not None:
+            recorder.log("fault injection active for this attempt", fault=os.environ.get(FAULT_ENV_VAR, ""))
+            callbacks.append(injected)
+        distiller = Distiller(
+            teacher_model, card, specs, config, budget,
+            callbacks=callbacks, should_cancel=should_cancel, checkpoint_path=job_dir / "checkpoint.pt",
+        )
+        result = distiller.run(resume=True)
+        recorder.flush()
+        if should_cancel.lease_lost or recorder.lost:
+            raise LeaseLost(self.job_id)
+
+        partial = result.status != "completed"
+        with self.sessions() as s:
+            if not renew(s, self.job_id, self.owner, self.settings.lease_seconds):
+                raise LeaseLost(self.job_id)
+        students: dict[str, dict[str, Any]] = {}
+        report_students = (result.report or {}).get("students", {})
+        for name, module in result.students.items():
+            key = f"jobs/{self.job_id}/students/{name}.{self.token}.safetensors"
+            student_card = result.cards[name]
+            stored = self.storage.write(key, lambda p, m=module, c=student_card: save_model(m, c, p))
+            self.written.append(key)
+            info = report_students.get(name, {})
+            students[name] = {
+                "status": "succeeded" if not partial else "cancelled",
+                "partial": partial,
+                "storage_key": stored.key,
+                "sha256": stored.sha256,
+                "size_bytes": stored.size_bytes,
+                "card": student_card.model_dump(mode="json", exclude_none=True),
+                "parameters": info.get("params"),
+                "metrics": {k: v for k, v in info.items() if k in ("final_loss", "teacher_agreement")},
+            }
+        samples_values: dict[str, Any] = {}
+        if result.samples is not None and result.samples.numel() > 0:
+            skey = f"jobs/{self.job_id}/samples.{self.token}.png"
+            stored = self.storage.write(skey, lambda p: save_samples_png(result.samples, result.sample_labels, p))
+            self.written.append(skey)
+            samples_values = {"samples_key": stored.key, "samples_sha256": stored.sha256}
+        final_status = "succeeded" if not partial else "cancelled"
+        if partial and should_cancel.steps_after_request is not None:
+            recorder.log(
+                f"stopped {should_cancel.steps_after_request} step(s) after the cancel request",
+                steps_after_cancel_request=should_cancel.steps_after_request,
+                cancel_seen_after_s=round(should_cancel.seen_after_s or 0.0, 3),
+            )
+        recorder.log(f"job {final_status}", status=final_status)
+        values: dict[str, Any] = {"report": _jsonable(result.report), **samples_values}
+        if not partial:
+            values["progress"] = 1.0
+        self._finish(final_status, students, **values)
+        return final_status
+
+
+def _free_accelerator_memory() -> None:
+    """After a failed run (an OOM above all) give the memory back before anything else runs."""
+    gc.collect()
+    try:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort; the child process exits after the job anyway
+        log.warning("could not release accelerator memory", exc_info=True)
+
+
+def run_job(job_id: str) -> str:
+    """Entry point of the task: claim, run, record. Returns what happened (for the worker log)."""
+    settings = get_settings()
+    sessions = session_factory()
+    owner = new_lease_owner()
+    with sessions() as s:
+        if not claim(s, job_id, owner, settings.lease_seconds):
+            log.info("job %s: not claimable (finished, running elsewhere, or unknown); message ignored", job_id)
+            return "skipped"
+    with sessions() as s:
+        attempt = s.scalar(select(Job.attempts).where(Job.id == job_id))
+    log.info("job %s: claimed by %s (attempt %s)", job_id, owner, attempt)
+    hb = Heartbeat(sessions, job_id, owner, settings)
+    hb.start()
+    run = JobRun(job_id, owner, settings, get_storage(), sessions)
+    outcome = "failed"
+    try:
+        recorder = EventRecorder(sessions, job_id, owner)
+        # The attempt record: with every event written only under the lease, the claims in a
+        # job's events never interleave with another attempt's events (at most one runner).
+        cancel = CancelPoll(sessions, job_id, owner, settings.cancel_poll_seconds, hb)
+        try:
+            recorder.log(f"attempt {attempt} started", attempt=attempt)
+            outcome = run.execute(recorder, cancel)
+        except LeaseLost:
+            run.discard_files()
+            log.warning("job %s: lease lost; this attempt stops without writing results", job_id)
+            return "lease_lost"
+        except OperationalError:
+            # The database went away: leave the job running; when the lease expires a sweep
+            # re-sends it and it resumes from its checkpoint.
+            run.discard_files()
+            log.exception("job %s: database unavailable; leaving it to be resumed", job_id)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure ends the job with a stated reason
+            run.discard_files()
+            code, message = classify(exc)
+            log.exception("job %s failed: %s", job_id, message)
+            try:
+                recorder.log(f"job failed: {message}", code=code)
+                run.fail(code, message)
+            except LeaseLost:
+                return "lease_lost"
+            shutil.rmtree(settings.job_dir(job_id), ignore_errors=True)
+            return "failed"
+        shutil.rmtree(settings.job_dir(job_id), ignore_errors=True)
+        return outcome
+    finally:
+        hb.stop()
+        _free_accelerator_memory()

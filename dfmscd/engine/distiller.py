@@ -47,7 +47,7 @@ from dfmscd.synthesis import (
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
 POOL_ON_DEVICE_MAX_BYTES = 2 * 2**30
-EMA = 0.7  # smoothing of the per-step duration estimates that keep a seconds budget
+EMA = 0.5  # smoothing of the per-step duration estimates that keep a seconds budget
 
 
 @dataclass
@@ -260,7 +260,7 @@ class Distiller:
         """Seconds kept back at the end of a seconds budget: the held-out evaluation (one
         synthesis round per generator), the final checkpoint, and a small margin."""
         synth = self._synth_step_s or 0.0
-        return len(self.mixture) * synth * 1.2 + self._save_s + 0.25
+        return len(self.mixture) * synth + self._save_s + 0.25
 
     def _deadline(self) -> float:
         """When training must stop so that the run, evaluation included, ends at the budget."""

@@ -1,5 +1,6 @@
 """Label bridging: the queue's balance as a property, across steps and across save/restore."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -59,19 +60,6 @@ def test_allocate_deficit_is_proportional_to_distance_from_the_best_class():
     assert sum(allocate_deficit([9, 1, 2, 3], 7)) == 7
 
 
-def test_correction_stream_requests_under_recognised_classes():
-    bridge = LabelBridge(4, correction=0.5, seed=0)
-    labels = bridge.next(8, recognised=[100, 100, 100, 0])
-    # half the batch (4) comes from the queue, the other half goes to class 3
-    assert int((labels == 3).sum()) >= 4
-    assert torch.equal(bridge.taken.sum(), torch.tensor(4))
-    assert _within_one(bridge.taken)
-    # nothing recognised yet (empty pool): the whole batch comes from the queue
-    bridge2 = LabelBridge(4, correction=0.5, seed=0)
-    bridge2.next(8, recognised=[0, 0, 0, 0])
-    assert int(bridge2.taken.sum()) == 8
-
-
 def test_iid_labels_are_the_unbalanced_baseline_and_reproducible():
     source = make_label_source(5, bridging=False, correction=0.5, seed=3)
     assert isinstance(source, IIDLabels)
@@ -81,3 +69,26 @@ def test_iid_labels_are_the_unbalanced_baseline_and_reproducible():
     counts = torch.bincount(a, minlength=5)
     assert counts.max() - counts.min() > 1  # i.i.d. draws are not balanced within one
     assert isinstance(make_label_source(5, True, 0.5, 3), LabelBridge)
+
+
+def test_class_weights_by_hand():
+    from dfmscd.synthesis.label_bridge import class_weights
+
+    # h = [10, 4, 7]: deficits 0, 6, 3 (sum 9); a = 0.5, C = 3: w = 0.5 + 1.5 * d / 9
+    w = class_weights([10, 4, 7], 0.5)
+    assert torch.allclose(w, torch.tensor([0.5, 1.5, 1.0]))
+    assert float(w.mean()) == pytest.approx(1.0)  # the class loss keeps its scale
+    assert torch.equal(class_weights([5, 5, 5], 0.5), torch.ones(3))  # balanced pool: no change
+    assert torch.equal(class_weights([10, 4, 7], 0.0), torch.ones(3))
+
+
+def test_correction_never_unbalances_the_requests():
+    bridge = LabelBridge(4, correction=0.5, seed=0)
+    for _ in range(5):
+        labels = bridge.next(6, recognised=[100, 100, 100, 0])
+        assert labels.numel() == 6
+    assert _within_one(bridge.taken) and int(bridge.taken.sum()) == 30
+    w = bridge.loss_weights([100, 100, 100, 0])
+    assert w is not None and int(w.argmax()) == 3
+    assert bridge.loss_weights([0, 0, 0, 0]) is None  # empty pool: unweighted
+    assert IIDLabels(4).loss_weights([100, 0, 0, 0]) is None  # the baseline has no correction

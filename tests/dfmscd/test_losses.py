@@ -97,3 +97,12 @@ def test_diversity_loss_is_mean_cosine_similarity_to_other_generators():
     value.backward()
     assert mine.grad is not None and mine.grad.abs().sum() > 0
     assert losses.diversity_loss(mine, []).item() == 0.0
+
+
+def test_weighted_cross_entropy_by_hand():
+    logits = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    # each sample's CE is ln 3; weights 0.5 (class 0) and 2.0 (class 2): mean of 0.5·ln3 and 2·ln3
+    w = torch.tensor([0.5, 1.0, 2.0])
+    assert losses.weighted_cross_entropy(logits, labels, w).item() == pytest.approx(1.25 * LN3)
+    assert losses.weighted_cross_entropy(logits, labels, None).item() == pytest.approx(LN3)

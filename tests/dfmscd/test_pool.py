@@ -95,3 +95,25 @@ def test_state_round_trip_continues_identically():
 def test_sampling_an_empty_pool_is_an_error():
     with pytest.raises(RuntimeError):
         ImagePool(10, SHAPE, num_classes=3).sample_indices(4)
+
+
+def test_balanced_weights_give_every_teacher_class_the_same_mass():
+    pool = ImagePool(16, SHAPE, num_classes=3)
+    images = torch.zeros(4, *SHAPE, dtype=torch.uint8)
+    # teacher classes 0, 1, 1, 1 (class 2 absent): weights 1, 1/3, 1/3, 1/3
+    pool.add(images, torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 1, 1]))
+    w = pool.balanced_weights()
+    assert torch.allclose(w, torch.tensor([1.0, 1 / 3, 1 / 3, 1 / 3], dtype=torch.float64))
+    idx = pool.sample_balanced(4000)
+    share_class0 = float((idx == 0).double().mean())
+    assert abs(share_class0 - 0.5) < 0.04  # half the draws from the single class-0 image
+
+
+def test_balanced_sampling_is_reproducible_across_a_checkpoint():
+    a = ImagePool(32, SHAPE, num_classes=3, seed=4)
+    a.add(*_batch(0, 20))
+    a.sample_balanced(7)
+    b = ImagePool(32, SHAPE, num_classes=3, seed=99)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.sample_balanced(9), b.sample_balanced(9))
+    assert torch.equal(a.gather(torch.tensor([3, 1])), a.images[[3, 1]])

@@ -56,7 +56,7 @@ def _check_student(architecture: str, arch_kwargs: dict[str, Any], card: ModelCa
 
     The library's pre-flight checks names, sizes and kwargs without building anything; the
     small dfmscd architectures are then built on the CPU (milliseconds) to count parameters,
-    while torchvision ones are counted by the worker when it builds them.
+    while torchvision and timm ones (which can be large) are counted by the worker when it builds them.
     """
     from dfmscd.models import check_model_arguments, count_parameters, create_model
 
@@ -64,7 +64,7 @@ def _check_student(architecture: str, arch_kwargs: dict[str, Any], card: ModelCa
     kwargs = dict(num_classes=card.num_classes, in_channels=c, image_size=side)
     try:
         check_model_arguments(architecture, **kwargs, **arch_kwargs)
-        if architecture.startswith("tv/"):
+        if architecture.startswith(("tv/", "timm/")):
             return None
         return count_parameters(create_model(architecture, **kwargs, **arch_kwargs))
     except DfmscdError as exc:

@@ -123,12 +123,14 @@ class EventOut(BaseModel):
 class ArchitectureOut(BaseModel):
     name: str
     parameters: int | None = Field(description="for a 10-class 3x32x32 model; null if it cannot be built at that size")
-    source: Literal["dfmscd", "torchvision"]
+    source: Literal["dfmscd", "torchvision", "timm"]
 
 
 class ArchitectureList(BaseModel):
     data: list[ArchitectureOut]
-    complete: bool = Field(description="false while torchvision parameter counts are still being computed")
+    complete: bool = Field(description="false while parameter counts of the listed entries are still being computed")
+    has_more: bool = Field(False, description="true when `limit` cut the list; pass `next` as `cursor` for more")
+    next: str | None = Field(None, description="cursor of the next page (the last name of this one)")
 
 
 class Health(BaseModel):

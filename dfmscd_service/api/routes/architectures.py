@@ -3,6 +3,13 @@
 Counting means building every model (the ~80 torchvision ones on the meta device, no memory),
 tens of seconds of CPU in all, so it runs once in a background thread, the dfmscd models first,
 is cached on disk, and the list answers at once with ``complete: false`` until it is done.
+
+Families: ``dfmscd`` (the built-in zoo), ``torchvision`` (``tv/<name>``) and ``timm``
+(``timm/<name>``, ~1400 names). Without ``family`` the answer is the built-in zoo and
+torchvision, as it always was; timm names come with ``family=timm`` (or ``all``), filtered by
+``q`` and paged by ``limit``/``cursor``. timm models are counted only when listed, and only those
+of the page answered (never the whole family in the background); the first timm listing of a
+process imports timm (seconds).
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import os
 import threading
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from dfmscd_service.api.auth import Principal, require_key
+from dfmscd_service.api.deps import CurrentKey
+from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ArchitectureList, ArchitectureOut, ErrorBody
 from dfmscd_service.core.settings import get_settings
@@ -38,7 +47,7 @@ def _count(name: str) -> int | None:
     from dfmscd.models import count_parameters, create_model
 
     try:
-        if not name.startswith("tv/"):
+        if not name.startswith(("tv/", "timm/")):
             return count_parameters(create_model(name, **REFERENCE))
         with torch.device("meta"):
             return count_parameters(create_model(name, **REFERENCE))
@@ -99,23 +108,72 @@ def stop_background(timeout: float = 30.0) -> None:
         _worker.join(timeout)
 
 
-@router.get("", response_model=ArchitectureList, responses={c: {"model": ErrorBody} for c in (401, 429)})
-def list_architectures(_principal: Principal = Depends(require_key)) -> ArchitectureList:
-    """Every architecture a student (or teacher) may use; counts fill in as they are computed."""
+FAMILIES = ("dfmscd", "torchvision", "timm")
+DEFAULT_FAMILIES = ("dfmscd", "torchvision")
+MAX_LIMIT = 1000
+
+
+def _families(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_FAMILIES
+    wanted = [v.strip().lower() for v in value.split(",") if v.strip()]
+    if wanted == ["all"]:
+        return FAMILIES
+    bad = [v for v in wanted if v not in FAMILIES]
+    if bad or not wanted:
+        raise ApiError(422, "validation_error", f"query family: unknown family {bad[0] if bad else value!r}; "
+                       f"use a comma-separated list of {', '.join(FAMILIES)}, or all")
+    return tuple(f for f in FAMILIES if f in wanted)
+
+
+def _names_by_family(families: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name, source) in answer order: the built-in zoo, then tv/, then timm/, each sorted."""
     from dfmscd.models import list_models
 
     own = list_models(include_torchvision=False)
-    own_set = set(own)
-    tv = [n for n in list_models() if n not in own_set]
+    out = [(n, "dfmscd") for n in own] if "dfmscd" in families else []
+    if "torchvision" in families:
+        out += [(n, "torchvision") for n in list_models() if n.startswith("tv/")]
+    if "timm" in families:
+        out += [(n, "timm") for n in list_models(include_torchvision=False, include_timm=True) if n.startswith("timm/")]
+    return out
+
+
+@router.get("", response_model=ArchitectureList, responses={c: {"model": ErrorBody} for c in (401, 422, 429)})
+def list_architectures(
+    _principal: CurrentKey,
+    family: str | None = Query(None, max_length=64, description="comma-separated families: dfmscd, torchvision, "
+                               "timm, or all (default: dfmscd,torchvision)"),
+    q: str | None = Query(None, min_length=1, max_length=128, description="keep names containing this (any case)"),
+    limit: int | None = Query(None, ge=1, le=MAX_LIMIT, description="page size (default: every match)"),
+    cursor: str | None = Query(None, min_length=1, max_length=200, description="the `next` of the previous page"),
+) -> ArchitectureList:
+    """Every architecture a student (or teacher) may use; counts fill in as they are computed.
+
+    A teacher also needs BatchNorm layers (DF-MSCD matches their statistics): names without
+    any (ViTs, ConvNeXts, ...) are listed since they make valid students, and an upload of
+    such a teacher is refused with ``invalid_teacher``."""
+    entries = _names_by_family(_families(family))
+    if q:
+        needle = q.lower()
+        entries = [e for e in entries if needle in e[0].lower()]
+    if cursor is not None:
+        position = next((i for i, (n, _) in enumerate(entries) if n == cursor), None)
+        if position is None:
+            raise ApiError(422, "validation_error", f"query cursor: {cursor!r} is not in this listing "
+                           "(pass the `next` of the previous page with the same family and q)")
+        entries = entries[position + 1:]
+    has_more = limit is not None and len(entries) > limit
+    if limit is not None:
+        entries = entries[:limit]
     with _lock:
         if not _counts:
             _counts.update(_load_cache())
-        missing = [n for n in own + tv if n not in _counts]  # dfmscd models first: they are quick
+        # dfmscd models first: they are quick. Only what this answer lists is counted.
+        missing = [n for n, _ in entries if n not in _counts]
         counts = dict(_counts)
     if missing:
         _start_background(missing)
-    data = [
-        ArchitectureOut(name=n, parameters=counts.get(n), source="dfmscd" if n in own_set else "torchvision")
-        for n in own + tv
-    ]
-    return ArchitectureList(data=data, complete=not missing)
+    data = [ArchitectureOut(name=n, parameters=counts.get(n), source=src) for n, src in entries]  # type: ignore[arg-type]
+    return ArchitectureList(data=data, complete=not missing, has_more=has_more,
+                            next=entries[-1][0] if has_more else None)

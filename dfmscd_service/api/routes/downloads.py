@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Query, Request, Response
 
-from dfmscd_service.api.auth import Principal, require_key
-from dfmscd_service.core.db import get_session
+from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_job
 from dfmscd_service.api.errors import ApiError, not_found
 from dfmscd_service.api.exports import SUFFIX, ensure_export
 from dfmscd_service.core.models import Job, JobStudent
 from dfmscd_service.api.ranges import file_response
-from dfmscd_service.api.routes.jobs import get_owned_job
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, StudentDetail
 from dfmscd_service.core.storage import get_storage
@@ -35,7 +32,7 @@ def _student(job: Job, name: str) -> JobStudent:
 
 @router.get("/{job_id}/students/{name}", response_model=StudentDetail, responses=_ERRORS)
 def get_student(
-    job_id: str, name: str, principal: Principal = Depends(require_key), session: Session = Depends(get_session)
+    job_id: str, name: str, principal: CurrentKey, session: SessionDep
 ) -> StudentDetail:
     job = get_owned_job(session, principal, job_id)
     return student_detail(job.id, _student(job, name))
@@ -50,9 +47,9 @@ def download_weights(
     request: Request,
     job_id: str,
     name: str,
+    principal: CurrentKey,
+    session: SessionDep,
     format: Literal["safetensors", "onnx", "torchscript"] = Query("safetensors"),
-    principal: Principal = Depends(require_key),
-    session: Session = Depends(get_session),
 ) -> Response:
     """The student's weights; ETag is the file's sha256; Range requests supported."""
     job = get_owned_job(session, principal, job_id)
@@ -74,7 +71,7 @@ def download_weights(
     responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **_ERRORS},
 )
 def download_samples(
-    request: Request, job_id: str, principal: Principal = Depends(require_key), session: Session = Depends(get_session)
+    request: Request, job_id: str, principal: CurrentKey, session: SessionDep
 ) -> Response:
     """A grid of synthesized images, a few per class (written when the job ends)."""
     job = get_owned_job(session, principal, job_id)

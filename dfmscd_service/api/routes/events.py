@@ -7,17 +7,15 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from dfmscd_service.api.auth import Principal, require_key
-from dfmscd_service.core.db import get_session, session_factory
+from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_job
+from dfmscd_service.core.db import session_factory
 from dfmscd_service.api.errors import error_body
 from dfmscd_service.core.models import TERMINAL_STATUSES, ApiKey, Job, JobEvent
-from dfmscd_service.api.routes.jobs import get_owned_job
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, EventOut, Page
 from dfmscd_service.core.settings import get_settings
@@ -95,12 +93,12 @@ async def _stream(request: Request, job_id: str, after: int, key_id: str) -> Asy
 def list_events(
     request: Request,
     job_id: str,
+    principal: CurrentKey,
+    session: SessionDep,
     after: int | None = Query(None, ge=0, le=2**31 - 1, description="event id; events after it"),
     limit: int = Query(100, ge=1, le=1000),
     accept: str | None = Header(None),
     last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=64),
-    principal: Principal = Depends(require_key),
-    session: Session = Depends(get_session),
 ):  # type: ignore[no-untyped-def]
     """Progress, per-step metrics and log lines. ``Accept: text/event-stream`` streams them live
     (``id:`` is the event id; ``Last-Event-ID`` resumes) until the job is finished."""

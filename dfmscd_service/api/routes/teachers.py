@@ -10,11 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from dfmscd_service.api.auth import Principal, lock_owner, require_key
-from dfmscd_service.core.db import get_session, session_factory
-from dfmscd_service.api.errors import ApiError, not_found
+from dfmscd_service.api.auth import lock_owner
+from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_teacher
+from dfmscd_service.core.db import session_factory
+from dfmscd_service.api.errors import ApiError
 from dfmscd_service.core.models import ACTIVE_STATUSES, Job, JobStudent, Teacher, new_id
-from dfmscd_service.api.pagination import PageParams, is_valid_id, keyset_page
+from dfmscd_service.api.pagination import PageParams, keyset_page
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, Page, TeacherOut
 from dfmscd_service.core.settings import get_settings
@@ -81,7 +82,7 @@ def _precheck_quota(owner_id: str, extra: int) -> None:
 
 
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
-async def upload_teacher(request: Request, principal: Principal = Depends(require_key)) -> TeacherOut:
+async def upload_teacher(request: Request, principal: CurrentKey) -> TeacherOut:
     """Upload a teacher: multipart fields ``file`` (weights) and ``card`` (model card JSON)."""
     settings = get_settings()
     checked: list[ModelCard] = []
@@ -152,19 +153,11 @@ async def upload_teacher(request: Request, principal: Principal = Depends(requir
             path.unlink(missing_ok=True)
 
 
-def get_owned_teacher(session: Session, principal: Principal, teacher_id: str) -> Teacher:
-    # A malformed id (say with a NUL, which PostgreSQL text refuses) cannot name a row: 404 unread.
-    row = session.get(Teacher, teacher_id) if is_valid_id(teacher_id, "tch") else None
-    if row is None or row.owner_id != principal.owner_id:
-        raise not_found("teacher", teacher_id)
-    return row
-
-
 @router.get("", response_model=Page[TeacherOut], responses=_ERRORS)
 def list_teachers(
+    principal: CurrentKey,
+    session: SessionDep,
     page: PageParams = Depends(),
-    principal: Principal = Depends(require_key),
-    session: Session = Depends(get_session),
 ) -> Page[TeacherOut]:
     q = select(Teacher).where(Teacher.owner_id == principal.owner_id)
     rows, next_cursor = keyset_page(session, q, Teacher.id, page)
@@ -173,14 +166,14 @@ def list_teachers(
 
 @router.get("/{teacher_id}", response_model=TeacherOut, responses=_ERRORS)
 def get_teacher(
-    teacher_id: str, principal: Principal = Depends(require_key), session: Session = Depends(get_session)
+    teacher_id: str, principal: CurrentKey, session: SessionDep
 ) -> TeacherOut:
     return teacher_out(get_owned_teacher(session, principal, teacher_id))
 
 
 @router.delete("/{teacher_id}", status_code=204, response_class=Response, responses=_ERRORS)
 def delete_teacher(
-    teacher_id: str, principal: Principal = Depends(require_key), session: Session = Depends(get_session)
+    teacher_id: str, principal: CurrentKey, session: SessionDep
 ) -> Response:
     """Delete a teacher and its file; refused (409) while a job that uses it is still active."""
     row = get_owned_teacher(session, principal, teacher_id)

@@ -1,0 +1,127 @@
+"""Creating a job: the rules behind ``POST /v1/jobs``, apart from HTTP (the route only maps them).
+
+Same ``Idempotency-Key`` and same body give the same job, also when two such requests race;
+the concurrency limit is checked under the owner's lock; the message goes to the broker only
+after the row is committed, and a job the broker refused is marked failed, never left queued.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dfmscd_service.api.auth import Principal, lock_owner
+from dfmscd_service.api.deps import get_owned_teacher
+from dfmscd_service.api.errors import ApiError
+from dfmscd_service.api.job_requests import JobPlan, plan_job, request_hash
+from dfmscd_service.api.schemas import JobCreate
+from dfmscd_service.core.broker import BrokerUnavailable, enqueue_job
+from dfmscd_service.core.models import ACTIVE_STATUSES, IdempotencyKey, Job, JobStudent, Teacher, new_id, utcnow
+from dfmscd_service.core.settings import get_settings
+
+
+def _replay(session: Session, principal: Principal, key: str, digest: str) -> Job | None:
+    row = session.get(IdempotencyKey, (principal.owner_id, key))
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise ApiError(409, "idempotency_conflict", "Idempotency-Key was already used with a different request body")
+    job = session.get(Job, row.job_id)
+    if job is None:  # pragma: no cover - cascade deletes the key with its job
+        return None
+    return job
+
+
+def _check_concurrency(session: Session, principal: Principal) -> None:
+    limit = get_settings().max_concurrent_jobs_per_key
+    if not limit:
+        return
+    lock_owner(session, principal.owner_id)  # held until the job is committed: no race past the limit
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.owner_id == principal.owner_id, Job.status.in_(ACTIVE_STATUSES))
+    ) or 0
+    if active >= limit:
+        raise ApiError(
+            429, "too_many_jobs", f"{active} active jobs; the limit per key is {limit}", {"Retry-After": "60"}
+        )
+
+
+def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobPlan) -> Job:
+    job = Job(
+        id=new_id("job"),
+        owner_id=principal.owner_id,
+        teacher_id=teacher.id,
+        status="queued",
+        preset=body.preset,
+        config=plan.config.model_dump(mode="json"),
+        budget=plan.budget.model_dump(mode="json", exclude_none=True),
+        seed=plan.config.seed,
+        job_metadata=plan.metadata,
+        progress=0.0,
+        epoch=0,
+        attempts=0,
+        enqueued_at=utcnow(),
+    )
+    job.students = [
+        JobStudent(
+            position=i,
+            name=s.name,
+            architecture=s.architecture,
+            arch_kwargs=s.arch_kwargs,
+            status="queued",
+            partial=False,
+            parameters=s.parameters,
+            metrics={},
+            exports={},
+        )
+        for i, s in enumerate(plan.students)
+    ]
+    return job
+
+
+def create_job(session: Session, principal: Principal, body: JobCreate, idempotency_key: str | None) -> tuple[Job, bool]:
+    """(the job, whether it is an idempotent replay of an earlier request)."""
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        existing = _replay(session, principal, idempotency_key, digest)
+        if existing is not None:
+            return existing, True
+
+    try:
+        teacher = get_owned_teacher(session, principal, body.teacher_id)
+    except ApiError:
+        raise ApiError(404, "not_found", f"teacher {body.teacher_id!r} not found") from None
+    plan = plan_job(body, teacher, get_settings())
+    _check_concurrency(session, principal)
+
+    job = _new_job(principal, teacher, body, plan)
+    try:
+        session.add(job)
+        session.flush()  # the job row first: the idempotency key references it
+        if idempotency_key is not None:
+            session.add(IdempotencyKey(owner_id=principal.owner_id, key=idempotency_key, request_hash=digest,
+                                       job_id=job.id))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is not None:  # a concurrent request with the same key won the race
+            existing = _replay(session, principal, idempotency_key, digest)
+            if existing is not None:
+                return existing, True
+        if session.get(Teacher, body.teacher_id) is None:
+            raise ApiError(404, "not_found", f"teacher {body.teacher_id!r} not found") from None
+        raise
+
+    try:
+        enqueue_job(job.id)
+    except BrokerUnavailable:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "queued")
+            .values(status="failed", error_code="broker_unavailable", error_message="the job queue is unreachable",
+                    finished_at=utcnow())
+        )
+        session.commit()
+        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; try again", {"Retry-After": "10"}) from None
+    return job, False

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from dfmscd.io.atomic import atomic_path
+from dfmscd.atomic import atomic_path
 
 MIN_CELL_PX = 32  # small inputs (8x8 digits) are upscaled to at least this many pixels
 PAD_PX = 2

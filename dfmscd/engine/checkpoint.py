@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from dfmscd.atomic import atomic_path
 from dfmscd.errors import CheckpointError
 
 FORMAT = "dfmscd-run-checkpoint/1"
@@ -47,19 +46,9 @@ def run_fingerprint(config: dict[str, Any], budget: dict[str, Any], students: li
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through ``dfmscd.atomic``: a resuming job never reads half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
 
 
 def load_checkpoint(path: str | Path, fingerprint: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from dfmscd.errors import CheckpointError
-from dfmscd.io.atomic import atomic_path
+from dfmscd.atomic import atomic_path
 from dfmscd.io.card import ModelCard
 
 ONNX_OPSET = 17
@@ -40,7 +41,36 @@ def export_onnx(module: nn.Module, card: ModelCard, path: str | os.PathLike[str]
             )
         except Exception as exc:  # noqa: BLE001 - exporter failures become one line
             raise CheckpointError(f"ONNX export of {card.architecture!r} failed: {str(exc).splitlines()[0]}") from None
+        _add_onnx_metadata(tmp, card)
     return path
+
+
+def onnx_metadata(card: ModelCard) -> dict[str, str]:
+    """What an ONNX consumer needs to feed the graph: the preprocessing and the whole card.
+
+    The graph expects ``(pixels in [0, 1] - mean) / std`` per channel; without mean/std in the
+    file a deployment has to guess them, and a wrong guess costs accuracy silently.
+    """
+    return {
+        "dfmscd_card": card.to_json(),
+        "mean": json.dumps(list(card.mean)),
+        "std": json.dumps(list(card.std)),
+        "input_shape": json.dumps(list(card.input_shape)),
+        "preprocessing": "x = (pixels / 255 - mean) / std per channel, layout N x C x H x W",
+        "architecture": card.architecture,
+        "num_classes": str(card.num_classes),
+    }
+
+
+def _add_onnx_metadata(path: Path, card: ModelCard) -> None:
+    import onnx  # deferred on purpose: only ONNX exports need it
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in onnx_metadata(card).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
 
 
 def export_torchscript(module: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> Path:

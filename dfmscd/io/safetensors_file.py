@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dfmscd.errors import CheckpointError
-from dfmscd.io.atomic import write_bytes_atomic
+from dfmscd.atomic import write_bytes_atomic
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 # safetensors dtype -> bytes per element; the floating ones are the weights we accept.

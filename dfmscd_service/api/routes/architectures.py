@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from dfmscd_service.api.auth import Principal, require_key
+from dfmscd.atomic import write_bytes_atomic
 from dfmscd_service.api.deps import CurrentKey
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api.routing import SessionReleasingRoute
@@ -69,11 +68,7 @@ def _load_cache() -> dict[str, int | None]:
 
 
 def _save_cache(counts: dict[str, int | None]) -> None:
-    path = _cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(counts, sort_keys=True))
-    os.replace(tmp, path)
+    write_bytes_atomic(_cache_path(), json.dumps(counts, sort_keys=True).encode())
 
 
 def _fill(names: list[str]) -> None:

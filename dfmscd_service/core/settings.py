@@ -28,6 +28,19 @@ class Settings(BaseSettings):
     broker_key_prefix: str = ""
     queue_name: str = "distill"
 
+    # Object storage. None: files under data_dir/storage (embedded default, one host).
+    # ``s3://BUCKET/PREFIX``: an S3-compatible bucket shared by every API and worker host;
+    # credentials and region come from the standard AWS_* variables (boto3 reads them).
+    storage_url: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
+                                    description="s3://BUCKET/PREFIX; default: local disk under data_dir")
+    s3_endpoint_url: str | None = Field(None, description="MinIO or another S3-compatible server; default: AWS")
+    s3_presign: bool = Field(False, description="downloads answer 307 to a short-lived presigned URL")
+    s3_presign_seconds: int = Field(300, ge=1, le=7 * DAY_S)
+    s3_part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * GiB,
+                               description="multipart part size; one part per upload is held in memory")
+    s3_timeout_seconds: float = Field(30.0, gt=0, description="connect/read timeout of one S3 request")
+    s3_max_attempts: int = Field(3, ge=1, le=20, description="tries per S3 request (botocore standard retries)")
+
     max_upload_bytes: int = Field(2 * GiB, ge=1)
     max_card_bytes: int = Field(64 * 1024, ge=256)
     max_students: int = Field(16, ge=1, le=64)
@@ -73,10 +86,28 @@ class Settings(BaseSettings):
     api_threads: int = Field(40, ge=1, le=1000)
     db_pool_size: int | None = Field(None, ge=1, le=1000)
     db_pool_timeout_seconds: float = Field(30.0, gt=0)
+    # The API's torch work (teacher checks, student plans, zoo listing, exports) runs in this many
+    # spawned child processes (dfmscd_service/api/torch_pool.py), so the web process never imports torch.
+    api_torch_processes: int = Field(1, ge=1, le=64)
     # Largest JSON request body (POST /v1/jobs); teacher uploads have their own caps above.
     max_json_body_bytes: int = Field(1024 * 1024, ge=1024)
     sse_poll_seconds: float = Field(0.5, gt=0)
     sse_keepalive_seconds: float = Field(15.0, gt=0)
+
+    # Webhooks (dfmscd_service/core/webhooks.py, delivered by the worker: worker/webhooks.py).
+    webhook_allow_private: bool = Field(
+        False, description="allow endpoint URLs on loopback/private/link-local addresses (tests, closed networks)"
+    )
+    # Delay before each attempt (s); its length is the number of attempts. Standard Webhooks' schedule.
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0], min_length=1
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="per attempt: connect, write and read")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="how often the worker looks for due deliveries")
+    # An endpoint is disabled when both hold: this many failed attempts in a row, over at least this long.
+    webhook_disable_after_failures: int = Field(8, ge=1)
+    webhook_disable_after_seconds: float = Field(DAY_S, ge=0)
+    webhook_max_endpoints_per_key: int = Field(20, ge=1)
 
     @property
     def visibility_timeout_seconds(self) -> int:
@@ -90,6 +121,13 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def s3_bucket_and_prefix(self) -> tuple[str, str]:
+        """(bucket, prefix without slashes at either end) of ``storage_url``."""
+        assert self.storage_url, "storage_url is not set"
+        bucket, _, prefix = self.storage_url.removeprefix("s3://").partition("/")
+        return bucket, prefix.strip("/")
 
     @property
     def storage_dir(self) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -142,11 +143,14 @@ def iter_range(fh: BinaryIO, start: int, length: int, chunk: int = 256 * 1024) -
 
 
 class _LocalWriter:
-    """A temp file beside the destination, hashed as it is written, renamed into place on commit."""
+    """``dfmscd.atomic``'s temp file beside the destination, hashed as it is written; it becomes
+    the object on ``commit`` and disappears on ``abort``."""
 
-    def __init__(self, key: str, dest: Path, tmp: Path) -> None:
-        self.key, self.dest, self.tmp = key, dest, tmp
-        self._fh: BinaryIO | None = open(tmp, "wb")
+    def __init__(self, key: str, dest: Path) -> None:
+        self.key = key
+        self._atomic = atomic_path(dest)
+        self.tmp = self._atomic.__enter__()
+        self._fh: BinaryIO | None = open(self.tmp, "wb")
         self._hash = hashlib.sha256()
         self._size = 0
 
@@ -158,20 +162,18 @@ class _LocalWriter:
 
     def commit(self) -> StoredObject:
         assert self._fh is not None, "writer already closed"
-        try:
-            self._fh.close()
-            self._fh = None
-            LocalStorage._commit(self.tmp, self.dest)
-        except BaseException:
-            self.abort()
-            raise
+        self._fh.close()
+        self._fh = None
+        self._atomic.__exit__(None, None, None)  # fsync, rename, fsync the directory
         return StoredObject(self.key, self._hash.hexdigest(), self._size)
 
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self.tmp.unlink(missing_ok=True)
+        if self._fh is None:
+            return
+        self._fh.close()
+        self._fh = None
+        err = RuntimeError("write aborted")
+        self._atomic.__exit__(RuntimeError, err, None)  # removes the temp file, leaves dest untouched
 
 
 class LocalStorage:
@@ -208,8 +210,7 @@ class LocalStorage:
         return StoredObject(key, digest, size)
 
     def open_writer(self, key: str) -> ObjectWriter:
-        dest = self._path(key)
-        return _LocalWriter(key, dest, self._tmp_beside(dest))
+        return _LocalWriter(key, self._path(key))
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")

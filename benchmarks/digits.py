@@ -43,7 +43,8 @@ from benchmarks.train import accuracy, pick_device, train_kd_real
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULTS = {  # per dataset: teacher, students, teacher epochs, KD-on-real epochs
-    "digits": dict(teacher="resnet20", students="resnet8,wrn_16_1,vgg8", teacher_epochs=40, kd_epochs=60),
+    # three heterogeneous students, one of them depthwise (issue 8)
+    "digits": dict(teacher="resnet20", students="resnet8,vgg8,mobilenetv2", teacher_epochs=40, kd_epochs=60),
     "cifar10": dict(teacher="resnet34", students="resnet18,wrn_16_2,mobilenetv2", teacher_epochs=200, kd_epochs=200),
     "cifar100": dict(teacher="resnet34", students="resnet18,wrn_16_2,mobilenetv2", teacher_epochs=200, kd_epochs=200),
 }
@@ -91,6 +92,11 @@ def _distill(teacher: torch.nn.Module, card: Any, archs: list[str], config: Any,
         "images_synthesized": rep["images_synthesized"],
         "images_per_s": rep["images_per_s"],
         "pool_balance": rep["pool"]["balance"],
+        "label_balance": rep["pool"]["label_balance"],
+        "recognised_rate": rep["pool"]["recognised_rate"],
+        "teacher_confidence": rep["pool"]["diversity"]["teacher_confidence"],
+        "within_class_distance": rep["pool"]["diversity"]["within_class_feature_distance"],
+        "timings": rep["timings"],
         "pool_teacher_argmax_histogram": rep["pool"]["teacher_argmax_histogram"],
         "pool_label_histogram": rep["pool"]["label_histogram"],
         "budget": rep["budget"],
@@ -157,6 +163,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the distillation runs")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (and teacher)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--matrix", action="store_true", help="issue 8's equal-wall-time comparison over --seeds and --arms")
+    p.add_argument("--seeds", default="0,1,2", help="--matrix: comma-separated seeds")
+    p.add_argument("--arms", default="dfmscd,ablation,preset_single", help=f"--matrix: any of {','.join(ARMS)}")
+    p.add_argument("--tag", default="", help="--matrix: suffix of the result file names")
     return p.parse_args(argv)
 
 
@@ -170,6 +180,94 @@ def _save_partial(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from dfmscd.report import write_json_atomic
 
     write_json_atomic(_paths(args)[0], {**results, "complete": False})
+
+
+COMPONENT_ABLATIONS = {  # DF-MSCD with one component switched off
+    "no_label_bridging": {"label_bridging": False},
+    "no_inter_student": {"student_adv": 0.0},
+    "no_peer": {"peer_beta": 0.0},
+    "no_mixture": {"num_generators": 1, "diversity": 0.0},
+}
+VARIANTS = {  # DF-MSCD with one setting changed (not an ablation: a candidate for the preset)
+    "dfmscd_recognised": {"pool_admission": "recognised"},
+}
+ARMS = ("dfmscd", "ablation", "preset_single", *COMPONENT_ABLATIONS, *VARIANTS)
+
+
+def real_within_class_distance(teacher: torch.nn.Module, data: Dataset, per_class: int = 64) -> float | None:
+    """The pool's diversity figure computed on real training images (same features, same cap)."""
+    from dfmscd.engine.report import penultimate_features, within_class_distance
+
+    y = data.y_train
+    idx = torch.cat([torch.nonzero(y == c).flatten()[-per_class:] for c in range(data.num_classes)])
+    feats = penultimate_features(teacher.eval(), data.normalise(data.x_train[idx]))
+    return within_class_distance(feats, y[idx], data.num_classes)["mean"]
+
+
+def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 8's comparison at equal total wall time, once per seed:
+    ``dfmscd``: one run, N students, T s; ``ablation``: the Fast-DFKD ablation once per student
+    with T/N s; ``preset_single``: our preset once per student with T/N s; the component
+    ablations: DF-MSCD with one component off, N students, T s."""
+    from dfmscd.cli import parse_set_option
+    from dfmscd.config import Budget, resolve_config
+
+    defaults = DEFAULTS[args.dataset]
+    budget_s = args.budget if args.budget is not None else 300.0
+    archs = (args.students or defaults["students"]).split(",")
+    device = pick_device(args.device)
+    data = load_dataset(args.dataset, args.data_dir, seed=args.split_seed)
+    teacher, card, teacher_meta, paths = get_teacher(data, args.teacher or defaults["teacher"],
+                                                     args.teacher_epochs or defaults["teacher_epochs"],
+                                                     args.split_seed, device, log=log)
+    teacher_test = accuracy(teacher, data, "test", device)
+    real_div = real_within_class_distance(teacher, data)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    out_json = args.out_dir / f"{args.dataset}_matrix_{budget_s:.0f}s{args.tag}.json"
+    results: dict[str, Any] = {
+        "dataset": args.dataset, "protocol": "matrix (equal total wall time)",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "device": str(device), "torch": torch.__version__},
+        "split": {"seed": args.split_seed, "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
+        "teacher": {**teacher_meta, "test_accuracy": teacher_test, "weights": str(paths["weights"])},
+        "real_within_class_distance": real_div,
+        "preset": args.preset, "set": args.set, "budget_s": budget_s, "students": archs, "arms": arms, "seeds": seeds,
+        "runs": [],
+    }
+    # One-time process costs (torch's first optimiser imports torch._dynamo: 5-40 s on this
+    # machine) are paid here, not by whichever arm happens to run first.
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    for seed in seeds:
+        overrides = {**dict(parse_set_option(t) for t in args.set), "seed": seed, "device": args.device}
+        config = resolve_config(args.preset, overrides)
+        per_student = Budget(seconds=budget_s / len(archs))
+        for arm in arms:
+            if arm in ("dfmscd", *COMPONENT_ABLATIONS, *VARIANTS):
+                cfg = config if arm == "dfmscd" else config.model_copy(update={**COMPONENT_ABLATIONS, **VARIANTS}[arm])
+                figures = _distill(teacher, card, archs, cfg, Budget(seconds=budget_s), data, device, teacher_test,
+                                   f"{arm} seed {seed}")
+                students = figures.pop("students")
+                for name, st in students.items():
+                    results["runs"].append({"arm": arm, "seed": seed, "student": name, **figures, **st})
+            else:
+                cfg = config.single_student_baseline() if arm == "ablation" else config
+                for arch in archs:
+                    figures = _distill(teacher, card, [arch], cfg, per_student, data, device, teacher_test,
+                                       f"{arm} {arch} seed {seed}")
+                    students = figures.pop("students")
+                    results["runs"].append({"arm": arm, "seed": seed, "student": arch, **figures, **students[arch]})
+            for r in results["runs"]:
+                if r.get("within_class_distance") is not None and real_div:
+                    r["diversity_ratio_to_real"] = r["within_class_distance"] / real_div
+            from dfmscd.report import write_json_atomic
+
+            write_json_atomic(out_json, {**results, "complete": False})
+    from benchmarks.tables import matrix_summary
+
+    results["summary"] = matrix_summary(results)
+    return results
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -241,6 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     from dfmscd.report import write_json_atomic, write_text_atomic
 
     args = parse_args(argv)
+    if args.matrix:
+        from benchmarks.tables import matrix_markdown
+
+        results = run_matrix(args)
+        stem = args.out_dir / f"{args.dataset}_matrix_{results['budget_s']:.0f}s{args.tag}"
+        table = matrix_markdown(results)
+        write_json_atomic(stem.with_suffix(".json"), {**results, "complete": True})
+        write_text_atomic(stem.with_suffix(".md"), table)
+        print(table)
+        return 0
     try:
         results = run(args)
     except (DatasetUnavailable, DfmscdError) as exc:

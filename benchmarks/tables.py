@@ -65,3 +65,86 @@ def markdown_report(r: dict[str, Any]) -> str:
     if "baseline_total_wall_s" in checks:
         lines.append(f"- DF-MSCD wall {d['wall_s']:.1f} s vs three baselines {checks['baseline_total_wall_s']:.1f} s")
     return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, std
+
+
+def matrix_summary(r: dict[str, Any]) -> dict[str, Any]:
+    """Per arm and student: mean and sample std over seeds of the figures, plus issue 8's checks
+    (every DF-MSCD student ≥ 0.97 of the teacher, pool balance ≥ 0.8, DF-MSCD ahead of both
+    single-student arms on every student), all on the mean over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in r["runs"]:
+        groups.setdefault((run["arm"], run["student"]), []).append(run)
+    rows = {}
+    for (arm, student), runs in groups.items():
+        row: dict[str, Any] = {"arm": arm, "student": student, "seeds": [x["seed"] for x in runs]}
+        for key in ("test_accuracy", "val_accuracy", "ratio_to_teacher", "pool_balance", "label_balance", "wall_s",
+                    "teacher_confidence", "diversity_ratio_to_real", "epochs", "kd_steps"):
+            vals = [float(x[key]) for x in runs if x.get(key) is not None]
+            row[key] = _mean_std(vals) if vals else None
+        rows[f"{arm}/{student}"] = row
+    checks: dict[str, Any] = {}
+    dm = {k.split("/", 1)[1]: v for k, v in rows.items() if v["arm"] == "dfmscd"}
+    if dm:
+        checks["every_student_ratio_ge_0.97"] = all(v["ratio_to_teacher"][0] >= RATIO_TARGET for v in dm.values())
+        checks["pool_balance_ge_0.8"] = all(v["pool_balance"][0] >= BALANCE_TARGET for v in dm.values())
+        for arm in ("ablation", "preset_single"):
+            other = {k.split("/", 1)[1]: v for k, v in rows.items() if v["arm"] == arm}
+            if other:
+                checks[f"dfmscd_ahead_of_{arm}_every_student"] = all(
+                    dm[s]["test_accuracy"][0] > other[s]["test_accuracy"][0] for s in dm if s in other)
+    return {"rows": rows, "checks": checks}
+
+
+def _ms(v: tuple[float, float] | None, pct: bool = False, fmt: str = "{:.3f}") -> str:
+    if v is None:
+        return "-"
+    if pct:
+        return f"{v[0] * 100:.2f} ± {v[1] * 100:.2f}%"
+    return f"{fmt.format(v[0])} ± {fmt.format(v[1])}"
+
+
+ARM_NAMES = {
+    "dfmscd": "DF-MSCD (N students, T s)",
+    "ablation": "Fast-DFKD ablation (1 student, T/N s each)",
+    "preset_single": "our preset, 1 student (T/N s each)",
+    "no_label_bridging": "DF-MSCD − label bridging",
+    "no_inter_student": "DF-MSCD − inter-student term",
+    "no_peer": "DF-MSCD − peer term",
+    "no_mixture": "DF-MSCD − mixture",
+    "dfmscd_recognised": "DF-MSCD, recognised-only pool admission",
+}
+
+
+def matrix_markdown(r: dict[str, Any]) -> str:
+    t = r["teacher"]
+    summary = r.get("summary") or matrix_summary(r)
+    lines = [
+        f"### {r['dataset']}: equal total wall time, budget T = {r['budget_s']:.0f} s, seeds {r['seeds']}",
+        "",
+        f"Teacher {t['architecture']} test {t['test_accuracy'] * 100:.2f}% (val {t['val_accuracy'] * 100:.2f}%); "
+        f"preset `{r['preset']}` {' '.join(r['set'])}; {r['machine']['device']}, {r['machine']['torch_threads']} torch "
+        f"threads; mean ± sample std over seeds. Diversity: mean pairwise distance of same-class pool images in the "
+        f"teacher's penultimate features, / the same on real training images "
+        f"({r['real_within_class_distance']:.3f}).",
+        "",
+        "| arm | student | test acc | / teacher | val acc | pool balance | label balance | teacher conf. | diversity / real | wall s | epochs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in summary["rows"].values():
+        lines.append(
+            f"| {ARM_NAMES.get(row['arm'], row['arm'])} | {row['student']} | {_ms(row['test_accuracy'], True)} | "
+            f"{_ms(row['ratio_to_teacher'])} | {_ms(row['val_accuracy'], True)} | {_ms(row['pool_balance'], fmt='{:.2f}')} | "
+            f"{_ms(row['label_balance'], fmt='{:.2f}')} | {_ms(row['teacher_confidence'], fmt='{:.2f}')} | "
+            f"{_ms(row['diversity_ratio_to_real'], fmt='{:.2f}')} | {_ms(row['wall_s'], fmt='{:.1f}')} | "
+            f"{_ms(row['epochs'], fmt='{:.0f}')} |")
+    lines += ["", "Targets (on the means):"]
+    for key, value in summary["checks"].items():
+        lines.append(f"- {key}: {'met' if value else 'MISSED'}")
+    return "\n".join(lines) + "\n"

@@ -67,6 +67,7 @@ class RunState:
     synth_s: float = 0.0
     kd_s: float = 0.0
     checkpoint_s: float = 0.0
+    setup_s: float = 0.0  # the first session's set-up, which warm-up and the schedule leave out
     completed: bool = False
     last_losses: list[float | None] = field(default_factory=list)
 
@@ -85,6 +86,7 @@ class RunState:
             **{k: int(state[k]) for k in cls._INT},
             **{k: float(state[k]) for k in cls._FLOAT},
             checkpoint_s=float(state.get("checkpoint_s", 0.0)),
+            setup_s=float(state.get("setup_s", 0.0)),
             completed=bool(state["completed"]),
             last_losses=[None if v != v else float(v) for v in state["last_losses"]],
         )
@@ -207,8 +209,9 @@ class Distiller:
     def _in_warmup(self) -> bool:
         if self.st.epoch >= self.warmup:
             return False
-        if self.budget.seconds is not None:  # warm-up takes at most the config's share of the time
-            return self.elapsed < self.budget.seconds * self.config.warmup_epochs / self.config.epochs
+        if self.budget.seconds is not None:  # warm-up takes at most the config's share of the training time
+            share = self.config.warmup_epochs / self.config.epochs
+            return self.elapsed - self.st.setup_s < (self._deadline() - self.st.setup_s) * share
         return True
 
     def _finished(self) -> bool:
@@ -232,7 +235,8 @@ class Distiller:
         if self.budget.epochs is not None:
             total = max(1, (self.budget.epochs - self.warmup) * self.config.kd_steps)
             return self.st.kd_steps_done / total
-        return self.elapsed / max(self._deadline(), 1e-9)
+        start = self.st.setup_s
+        return (self.elapsed - start) / max(self._deadline() - start, 1e-9)
 
     def _maybe_progress(self, within_epoch: float, phase: Phase) -> None:
         now = time.perf_counter()
@@ -393,6 +397,8 @@ class Distiller:
             "pool_size": len(self.pool),
             "label_histogram": hist_l,
             "label_balance": balance(hist_l),
+            "requested_histogram": self._requested(),
+            "requested_balance": balance(self._requested()) if self._requested() else None,
             "teacher_argmax_histogram": hist_t,
             "pool_balance": balance(hist_t),
             "teacher_confidence": stats["confidence"] / batches if batches else None,
@@ -403,6 +409,11 @@ class Distiller:
             "lr": self.students.optimizers[0].param_groups[0]["lr"],
             "elapsed_s": self.elapsed,
         }
+
+    def _requested(self) -> list[int] | None:
+        """Every label the balanced queue has handed out (None for i.i.d. labels)."""
+        taken = getattr(self.labels, "taken", None)
+        return None if taken is None else taken.tolist()
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -438,6 +449,7 @@ class Distiller:
         self._session_start = time.perf_counter()  # a seconds budget counts set-up too
         self._setup()
         self.setup_s = time.perf_counter() - self._session_start
+        self.st.setup_s = self.setup_s
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._restore(ckpt.load_checkpoint(self.checkpoint_path, self.fingerprint))
             self._session_start = time.perf_counter()
@@ -482,7 +494,7 @@ class Distiller:
                 mixture=self.mixture, students=self.students, teacher=self.teacher, hooks=self.hooks,
                 weights=self.weights, augment=self.augment, config=self.config,
                 num_classes=self.card.num_classes, to_input=lambda u8: self._to_input(u8, augment=False),
-                adversarial=self.st.epoch > self.warmup, amp_dtype=self.amp_dtype, memory_format=self.memory_format,
+                adversarial=False, amp_dtype=self.amp_dtype, memory_format=self.memory_format,
             )  # fmt: skip
         diversity = pool_diversity(self.teacher, self.pool, lambda u8: self._to_input(u8, augment=False))
         samples, sample_labels = pick_samples(self.pool)
@@ -526,7 +538,8 @@ class Distiller:
             "images_per_s": st.images_synthesized / total_s if total_s > 0 else None,
             "synthesis_images_per_s": st.images_synthesized / st.synth_s if st.synth_s > 0 else None,
             "kd_steps_per_s": st.kd_steps_done / st.kd_s if st.kd_s > 0 else None,
-            "pool": {**pool_report(self.pool), "diversity": diversity},
+            "pool": {**pool_report(self.pool), "diversity": diversity, "requested_histogram": self._requested(),
+                     "requested_balance": balance(self._requested()) if self._requested() else None},
             "class_names": list(self.card.class_names) if self.card.class_names else None,
         }
         return DistillResult(status.value, students, dict(self.student_cards), report, samples, sample_labels)

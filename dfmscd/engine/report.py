@@ -51,7 +51,9 @@ def held_out_agreement(
 ) -> tuple[list[float], int]:
     """Each student's argmax agreement with the teacher on one fresh, class-balanced synthesis
     round per generator. The images never enter the pool, so no student has trained on them;
-    the slow generators are not updated (this runs after the final checkpoint)."""
+    the slow generators are not updated (this runs after the final checkpoint). The engine runs
+    it without the adversarial terms: the figure is agreement on the generators' ordinary
+    output, and it then costs teacher passes only, which keeps a seconds budget's reserve small."""
     n = config.synth_batch_size
     labels = torch.arange(n) % num_classes
     agree, total = [0] * len(students), 0

@@ -115,7 +115,7 @@ def test_run_state_round_trips_through_a_checkpoint_dict():
     saved = st.to_checkpoint(elapsed=2.5)
     assert saved["elapsed"] == 2.5 and saved["last_losses"][1] != saved["last_losses"][1]  # NaN for None
     back = RunState.from_checkpoint(saved)
-    assert back == RunState(3, 7, 96, 2.5, 0.5, 0.75, 0.1, True, [1.25, None])
+    assert back == RunState(3, 7, 96, 2.5, 0.5, 0.75, 0.1, 0.0, True, [1.25, None])
 
 
 def test_outcome_and_phase_compare_and_serialise_as_their_old_strings():

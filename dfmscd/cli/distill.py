@@ -12,10 +12,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dfmscd.cli.options import EXIT_INTERRUPTED, EXIT_OK, PROG, parse_set_option, parse_student_option
 from dfmscd.errors import ConfigError
+from dfmscd.formats import NATIVE_FORMAT, file_name
 
 CHECKPOINT_NAME = "checkpoint.pt"
 REPORT_NAME = "report.json"
@@ -187,21 +188,18 @@ def write_outputs(result: Any, out: Path, teacher: Any, teacher_card: Any, expor
                   extra: dict[str, Any]) -> dict[str, Any]:
     """Students (+exports), samples.png and report.json; returns the files written (names
     relative to ``out``, so the folder can be moved or served as is)."""
-    from dfmscd.io import export_onnx, export_torchscript, save_model
+    from dfmscd.io import export_as, save_model
     from dfmscd.report import save_samples_png, write_json_atomic
 
-    exporters: dict[str, tuple[str, Callable[..., Any]]] = {
-        "onnx": (".onnx", export_onnx), "torchscript": (".torchscript.pt", export_torchscript)}
     files: dict[str, Any] = {"students": {}, "exports": {}}
     for name, module in result.students.items():
         card = result.cards[name]
-        path = out / f"{name}.safetensors"
+        path = out / file_name(name, NATIVE_FORMAT)
         save_model(module, card, path)
         files["students"][name] = path.name
         for fmt in exports:
-            suffix, export = exporters[fmt]
-            target = out / f"{name}{suffix}"
-            export(module, card, target)
+            target = out / file_name(name, fmt)
+            export_as(fmt, module, card, target)
             files["exports"].setdefault(name, {})[fmt] = target.name
     samples = getattr(result, "samples", None)
     if samples is not None and len(samples):

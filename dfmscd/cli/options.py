@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dfmscd.errors import ConfigError
+from dfmscd.formats import EXPORT_FORMATS
 
 PROG = "dfmscd"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXPORT_FORMATS = ("onnx", "torchscript")
 
 
 class Parser(argparse.ArgumentParser):

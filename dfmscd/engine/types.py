@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -12,9 +11,7 @@ import torch.nn as nn
 
 from dfmscd.errors import ConfigError
 from dfmscd.io.card import ModelCard
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
+from dfmscd.names import STUDENT_NAME_RULE, default_student_name, is_valid_student_name
 
 @dataclass
 class StudentSpec:
@@ -27,19 +24,17 @@ class StudentSpec:
     @property
     def resolved_name(self) -> str:
         """The name, or the architecture with ``/`` (as in ``tv/resnet18``) replaced by ``_``."""
-        return self.name if self.name is not None else self.architecture.replace("/", "_")
+        return self.name if self.name is not None else default_student_name(self.architecture)
 
 
 def check_student_names(specs: list[StudentSpec]) -> list[str]:
-    """Resolved names, validated: unique, ``[A-Za-z0-9_.-]{1,64}``, not starting with ``.``."""
+    """Resolved names, validated: unique, and by the one rule of ``dfmscd.names``."""
     if not specs:
         raise ConfigError("at least one student is needed")
     names = [s.resolved_name for s in specs]
     for name in names:
-        if not _NAME_RE.match(name) or name.startswith("."):
-            raise ConfigError(
-                f"invalid student name {name!r}: use 1-64 of A-Z a-z 0-9 _ . - and do not start with '.'"
-            )
+        if not is_valid_student_name(name):
+            raise ConfigError(f"invalid student name {name!r}: use {STUDENT_NAME_RULE}")
     seen: set[str] = set()
     for name in names:
         if name in seen:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from dfmscd.engine.types import StudentSpec
 from dfmscd.errors import CardError, ConfigError
 from dfmscd.io.card import ModelCard, parse_card
+from dfmscd.models.layers import tracked_batchnorms
 
 
 def student_card(spec: StudentSpec, teacher_card: ModelCard) -> ModelCard:
@@ -32,7 +32,7 @@ def student_card(spec: StudentSpec, teacher_card: ModelCard) -> ModelCard:
 
 def check_teacher(teacher: nn.Module, card: ModelCard) -> None:
     """The teacher needs BN running statistics and must map the card's input to its classes."""
-    if not any(isinstance(m, _BatchNorm) and m.track_running_stats for m in teacher.modules()):
+    if not tracked_batchnorms(teacher):
         raise ConfigError(
             "the teacher has no BatchNorm layers with running statistics; data-free synthesis "
             "matches those statistics and cannot work without them"

@@ -14,6 +14,7 @@ from dfmscd.errors import CardError, CheckpointError, ConfigError, UnknownArchit
 from dfmscd.io.card import ModelCard, parse_card, read_card
 from dfmscd.io.checkpoint import MAX_CHECKPOINT_BYTES, load_state_dict
 from dfmscd.models import check_model_arguments, create_model
+from dfmscd.models.layers import tracked_batchnorms
 
 CardLike = ModelCard | Mapping[str, Any] | str | os.PathLike[str]
 
@@ -39,7 +40,7 @@ def validate_card(card: ModelCard) -> ModelCard:
 
 def has_batchnorm(module: nn.Module) -> bool:
     """True when the module has BN layers that track running statistics (what L_BN matches)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in module.modules())
+    return bool(tracked_batchnorms(module))
 
 
 def instantiate(card: ModelCard) -> nn.Module:

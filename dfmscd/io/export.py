@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from dfmscd.errors import CheckpointError
+from dfmscd.formats import EXPORT_FORMATS
 from dfmscd.atomic import atomic_path
 from dfmscd.io.card import ModelCard
 
@@ -85,3 +86,11 @@ def export_torchscript(module: nn.Module, card: ModelCard, path: str | os.PathLi
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"TorchScript export of {card.architecture!r} failed: {str(exc).splitlines()[0]}") from None
     return path
+
+
+def export_as(fmt: str, module: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> Path:
+    """Export to one of ``dfmscd.formats.EXPORT_FORMATS`` (``onnx``, ``torchscript``)."""
+    exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
+    if fmt not in exporters:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    return exporters[fmt](module, card, path)

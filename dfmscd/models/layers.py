@@ -10,6 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def tracked_batchnorms(module: nn.Module) -> list[_BatchNorm]:
+    """The BN layers whose running statistics DF-MSCD matches: the one test of "has BatchNorm"
+    (a teacher without any cannot be distilled from, and these are the layers hooked)."""
+    return [m for m in module.modules()
+            if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None]
 
 
 class GuardedMaxPool2d(nn.Module):

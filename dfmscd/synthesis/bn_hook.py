@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfmscd.models.layers import tracked_batchnorms
+
 Tensor = torch.Tensor
 
 
@@ -81,9 +83,7 @@ class TeacherBNHooks:
     def __init__(self, teacher: nn.Module, momentum: float) -> None:
         self._last_fired: BatchNormStatsHook | None = None
         self.hooks = [
-            BatchNormStatsHook(m, momentum, on_fire=self._remember_last)
-            for m in teacher.modules()
-            if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None
+            BatchNormStatsHook(m, momentum, on_fire=self._remember_last) for m in tracked_batchnorms(teacher)
         ]
 
     def _remember_last(self, hook: BatchNormStatsHook) -> None:

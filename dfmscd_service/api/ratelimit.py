@@ -24,6 +24,7 @@ from typing import Protocol
 import redis
 
 from dfmscd_service.api.errors import ApiError
+from dfmscd_service.core.broker import is_redis_url
 from dfmscd_service.core.settings import Settings, get_settings
 
 log = logging.getLogger("dfmscd.api")
@@ -114,7 +115,7 @@ def limiter_url(settings: Settings) -> str | None:
     if settings.rate_limit_redis_url:
         return settings.rate_limit_redis_url
     broker = settings.resolved_broker_url
-    return broker if broker.startswith(("redis://", "rediss://")) else None
+    return broker if is_redis_url(broker) else None
 
 
 _limiters: dict[tuple[str | None, str], RateLimiter] = {}

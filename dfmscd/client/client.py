@@ -514,7 +514,7 @@ class Client:
             bar = _byte_bar(show, total, offset, f"download {label}")
             try:
                 with open(part, mode) as out:
-                    for chunk in r.iter_bytes(_CHUNK):
+                    for chunk in r.iter_bytes():  # as received: a chunk size would buffer what a drop loses
                         out.write(chunk)
                         h.update(chunk)
                         if bar is not None:

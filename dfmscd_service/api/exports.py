@@ -13,27 +13,26 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from dfmscd.formats import file_name
+from dfmscd_service.api import torch_checks, torch_pool
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.core.models import JobStudent
 from dfmscd_service.core.settings import get_settings
-from dfmscd_service.core.storage import Storage
+from dfmscd_service.core.storage import Storage, local_copy
 
-SUFFIX = {"onnx": "onnx", "torchscript": "pt"}
 
 
 def _export(storage: Storage, src_key: str, fmt: str, dest_key: str) -> Any:
-    from dfmscd.errors import DfmscdError
-    from dfmscd.io import export_onnx, export_torchscript, load_model
+    """Export in the torch pool (``torch_checks.export_model``): the web process never loads torch."""
+    # With remote storage the student is read from a temp copy (removed after the export).
+    with local_copy(storage, src_key, get_settings().tmp_dir, ".safetensors") as src:
 
-    src = storage.local_path(src_key)
-    if src is None:  # pragma: no cover - only LocalStorage exists today
-        raise ApiError(501, "not_implemented", "exports need a local copy of the weights")
-    module, card = load_model(src)
-    fn = export_onnx if fmt == "onnx" else export_torchscript
-    try:
-        return storage.write(dest_key, lambda p: fn(module, card, p))
-    except DfmscdError as exc:
-        raise ApiError(422, "export_failed", f"cannot export to {fmt}: {exc}") from None
+        def write(dest: Path) -> None:
+            refusal = torch_pool.call(torch_checks.export_model, str(src), fmt, str(dest))
+            if refusal is not None:
+                raise ApiError(422, refusal.code, refusal.message)
+
+        return storage.write(dest_key, write)
 
 
 def ensure_export(session: Session, storage: Storage, student: JobStudent, fmt: str) -> dict[str, Any]:
@@ -52,7 +51,7 @@ def ensure_export(session: Session, storage: Storage, student: JobStudent, fmt: 
             cached = (student.exports or {}).get(fmt)
             if cached and storage.exists(cached["key"]):
                 return cached
-            key = f"jobs/{student.job_id}/exports/{student.name}.{SUFFIX[fmt]}"
+            key = f"jobs/{student.job_id}/exports/{file_name(student.name, fmt)}"
             stored = _export(storage, student.storage_key, fmt, key)
             entry = {"key": stored.key, "sha256": stored.sha256, "size_bytes": stored.size_bytes}
             student.exports = {**(student.exports or {}), fmt: entry}

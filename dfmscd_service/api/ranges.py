@@ -1,7 +1,9 @@
 """File responses with a strong ETag, ``If-None-Match`` (304) and single ``Range`` requests (206/416).
 
 Written over the Storage interface rather than Starlette's FileResponse so that the same code
-serves a future object store, and so that a bad range answers our JSON error shape.
+serves the disk and an S3 bucket (a ranged GET of the bucket per request), and so that a bad
+range answers our JSON error shape. With ``DFMSCD_S3_PRESIGN=true`` and a bucket, the answer is
+instead a 307 to a short-lived presigned URL: the bucket serves the bytes (and the ranges).
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import re
 
 from fastapi import Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 
 from dfmscd_service.api.errors import error_response
-from dfmscd_service.core.storage import Storage, iter_range
+from dfmscd_service.core.settings import get_settings
+from dfmscd_service.core.storage import Storage, StorageUnavailable
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -56,10 +59,17 @@ def file_response(
     }
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={k: v for k, v in base.items() if k != "Content-Disposition"})
+    settings = get_settings()
     try:
         size = storage.size(key)
+        url = storage.presigned_url(key, filename, settings.s3_presign_seconds) if settings.s3_presign else None
     except FileNotFoundError:
         return error_response(404, "not_found", f"file {filename!r} is missing from storage")
+    except StorageUnavailable as exc:
+        return error_response(503, "storage_unavailable", f"object storage is unreachable; try again later ({exc})",
+                              {"Retry-After": "5"})
+    if url is not None:
+        return RedirectResponse(url, status_code=307, headers={"ETag": etag, "Cache-Control": "no-store"})
     rng_header = request.headers.get("range")
     if_range = request.headers.get("if-range")
     rng = None
@@ -70,13 +80,9 @@ def file_response(
             416, "range_not_satisfiable", f"range {rng_header!r} is outside the {size}-byte file",
             {"Content-Range": f"bytes */{size}"},
         )
-    fh = storage.open(key)
 
     def body(start: int, length: int):  # type: ignore[no-untyped-def]
-        try:
-            yield from iter_range(fh, start, length)
-        finally:
-            fh.close()
+        yield from storage.iter_bytes(key, start, length)
 
     if rng is None:
         return StreamingResponse(body(0, size), media_type=media_type, headers={**base, "Content-Length": str(size)})

@@ -4,6 +4,10 @@ Starlette's ``request.form()`` spools the whole body before a route runs; a 2 Gi
 must instead go straight to a temp file, be hashed on the way, and be cut off with 413 the
 moment it passes the cap. The multipart stream is parsed here chunk by chunk with
 ``python_multipart``'s push parser; memory stays at one network chunk.
+
+With remote storage the route passes ``open_sink``: the file then goes straight into a storage
+writer (an S3 multipart upload, one part in memory) instead of a temp file, and is committed
+only once the whole body has been received intact; any error aborts it.
 """
 
 from __future__ import annotations
@@ -13,16 +17,21 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Awaitable, Callable
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from dfmscd_service.api.errors import ApiError
+from dfmscd_service.core.storage import ObjectWriter, StoredObject
 
 FILE_FIELD, CARD_FIELD = "file", "card"
 _HEADER_SLACK = 64 * 1024  # boundaries and part headers on top of file + card
+HEAD_BYTES = 9  # what ``open_sink`` sees of the file before choosing where it goes (format sniffing)
+# ``open_sink(client file name, first HEAD_BYTES bytes or the whole file if shorter)``
+SinkOpener = Callable[[str | None, bytes], ObjectWriter]
 
 
 class _TooLarge(Exception):
@@ -31,14 +40,16 @@ class _TooLarge(Exception):
 
 @dataclass
 class ReceivedUpload:
-    """A body that has been fully received: the file sits in ``path`` (caller deletes it)."""
+    """A body that has been fully received: the file sits in ``path`` (caller deletes it), or,
+    when a sink was given, is the committed object ``stored`` (caller deletes it if refused)."""
 
-    path: Path
+    path: Path | None
     sha256: str
     size_bytes: int
     filename: str | None
     card_text: str
     extra_fields: list[str] = field(default_factory=list)
+    stored: StoredObject | None = None
 
 
 @dataclass
@@ -52,8 +63,11 @@ class _Part:
 
 class _Receiver:
     def __init__(self, tmp_dir: Path, max_file_bytes: int, max_field_bytes: int,
-                 on_card: Callable[[bytes], None] | None = None) -> None:
-        self.on_card = on_card
+                 open_sink: SinkOpener | None = None) -> None:
+        self.open_sink = open_sink
+        self.sink: ObjectWriter | None = None
+        self._head = bytearray()
+        self.card_arrived = False  # set when the card field ends; receive_upload then checks it
         self.tmp_dir = tmp_dir
         self.max_file_bytes = max_file_bytes
         self.max_field_bytes = max_field_bytes
@@ -97,9 +111,20 @@ class _Receiver:
                 raise ApiError(422, "validation_error", "form field 'file' given more than once")
             self.file_seen = True
             self.file_name = self.part.filename
-            fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.tmp_dir)
-            self.file_path = Path(tmp)
-            self.file_handle = os.fdopen(fd, "wb")
+            if self.open_sink is None:
+                fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.tmp_dir)
+                self.file_path = Path(tmp)
+                self.file_handle = os.fdopen(fd, "wb")
+
+    def _to_sink(self, chunk: bytes, last: bool = False) -> None:
+        if self.sink is None:
+            self._head += chunk
+            if len(self._head) < HEAD_BYTES and not last:
+                return
+            assert self.open_sink is not None
+            self.sink = self.open_sink(self.file_name, bytes(self._head[:HEAD_BYTES]))
+            chunk, self._head = bytes(self._head), bytearray()
+        self.sink.write(chunk)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -107,8 +132,11 @@ class _Receiver:
         if self.part.name == FILE_FIELD:
             if self.part.size > self.max_file_bytes:
                 raise _TooLarge()
-            assert self.file_handle is not None
-            self.file_handle.write(chunk)
+            if self.open_sink is not None:
+                self._to_sink(chunk)
+            else:
+                assert self.file_handle is not None
+                self.file_handle.write(chunk)
             self.hasher.update(chunk)
         else:
             if self.part.size > self.max_field_bytes:
@@ -119,16 +147,19 @@ class _Receiver:
 
     def on_part_end(self) -> None:
         if self.part.name == FILE_FIELD:
-            assert self.file_handle is not None
-            self.file_handle.close()
-            self.file_handle = None
+            if self.open_sink is not None:
+                self._to_sink(b"", last=True)  # a file shorter than HEAD_BYTES (or empty) opens it now
+            else:
+                assert self.file_handle is not None
+                self.file_handle.close()
+                self.file_handle = None
             self.file_size = self.part.size
         elif self.part.name is not None:
             if self.part.name in self.fields:
                 raise ApiError(422, "validation_error", f"form field {self.part.name!r} given more than once")
             self.fields[self.part.name] = bytes(self.part.buffer)
-            if self.part.name == CARD_FIELD and self.on_card is not None:
-                self.on_card(self.fields[CARD_FIELD])  # a bad card stops the upload here
+            if self.part.name == CARD_FIELD:
+                self.card_arrived = True
 
     def on_end(self) -> None:
         self.ended = True
@@ -140,6 +171,8 @@ class _Receiver:
         )}
 
     def discard(self) -> None:
+        if self.sink is not None:
+            self.sink.abort()
         if self.file_handle is not None:
             self.file_handle.close()
             self.file_handle = None
@@ -156,10 +189,12 @@ async def receive_upload(
     tmp_dir: Path,
     max_file_bytes: int,
     max_field_bytes: int,
-    on_card: Callable[[bytes], None] | None = None,
+    on_card: Callable[[bytes], Awaitable[None]] | None = None,
+    open_sink: SinkOpener | None = None,
 ) -> ReceivedUpload:
     """Stream ``file`` to disk and collect the small ``card`` field; 4xx on anything wrong.
-    ``on_card`` sees the card as soon as it has arrived (before the file, if sent first)."""
+    ``on_card`` sees the card as soon as it has arrived (before the file, if sent first), and
+    before the next chunk is read: a bad card it raises on stops the upload there."""
     ctype, opts = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with fields 'file' and 'card'")
@@ -177,7 +212,13 @@ async def receive_upload(
             raise _too_large(max_file_bytes)
 
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    rx = _Receiver(tmp_dir, max_file_bytes, max_field_bytes, on_card)
+    rx = _Receiver(tmp_dir, max_file_bytes, max_field_bytes, open_sink)
+
+    async def card_check() -> None:
+        if rx.card_arrived:
+            rx.card_arrived = False
+            if on_card is not None:
+                await on_card(rx.fields[CARD_FIELD])
     try:
         parser = MultipartParser(boundary, rx.callbacks())  # type: ignore[arg-type]
         received = 0
@@ -186,8 +227,13 @@ async def receive_upload(
                 received += len(chunk)
                 if received > max_body:
                     raise _TooLarge()
-                parser.write(chunk)
+                if open_sink is not None:  # the sink sends parts over the network: not on the event loop
+                    await run_in_threadpool(parser.write, chunk)
+                else:
+                    parser.write(chunk)
+                await card_check()
             parser.finalize()
+            await card_check()
         except _TooLarge:
             raise _too_large(max_file_bytes) from None
         except MultipartParseError as exc:
@@ -196,7 +242,7 @@ async def receive_upload(
             raise ApiError(400, "bad_request", "client disconnected during upload") from None
         if not rx.ended:
             raise ApiError(400, "bad_request", "multipart body ended early (truncated upload)")
-        if not rx.file_seen or rx.file_path is None:
+        if not rx.file_seen or (rx.file_path is None and rx.sink is None):
             raise ApiError(422, "validation_error", "form field 'file' (the weights file) is required")
         if CARD_FIELD not in rx.fields:
             raise ApiError(422, "validation_error", "form field 'card' (the model card JSON) is required")
@@ -204,7 +250,9 @@ async def receive_upload(
             card_text = rx.fields[CARD_FIELD].decode("utf-8")
         except UnicodeDecodeError:
             raise ApiError(422, "invalid_card", "model card is not UTF-8 text") from None
+        stored = await run_in_threadpool(rx.sink.commit) if rx.sink is not None else None
         return ReceivedUpload(
+            stored=stored,
             path=rx.file_path,
             sha256=rx.hasher.hexdigest(),
             size_bytes=rx.file_size,

@@ -55,7 +55,9 @@ def _call(what: str, fn: Callable[[], T]) -> T:
     except (BotoCoreError, Urllib3Error, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise StorageUnavailable(f"object storage unreachable during {what}: {type(exc).__name__}: {exc}") from None
+        log.warning("object storage unreachable during %s: %s: %s", what, type(exc).__name__, exc)
+        # The endpoint stays in the server log: this message may reach a tenant (job errors).
+        raise StorageUnavailable(f"object storage unreachable during {what} ({type(exc).__name__})") from None
 
 
 class S3Writer:
@@ -116,6 +118,7 @@ class S3Writer:
             raise
         self._done = True
         self._buf = bytearray()
+        self._upload_id = None  # completed: nothing left to abort
         return StoredObject(self.key, digest, self._size)
 
     def abort(self) -> None:
@@ -253,6 +256,7 @@ def make_client(endpoint_url: str | None, timeout_s: float = 30.0, max_attempts:
         connect_timeout=timeout_s, read_timeout=timeout_s,
         retries={"max_attempts": max_attempts, "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint_url else None,
+        signature_version="s3v4",  # presigned URLs too (SigV2 is refused by newer AWS regions)
     )
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 

@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -29,13 +30,23 @@ from dfmscd.config import Budget, DistillConfig
 from dfmscd.engine import Distiller, StudentSpec
 from dfmscd.errors import CardError, CheckpointError, ConfigError, DfmscdError
 from dfmscd.io import ModelCard, load_teacher, save_model
-from dfmscd.report import save_samples_png
+from dfmscd.outputs import run_outputs
 from dfmscd_service.core.db import session_factory
 from dfmscd_service.core.models import Job, JobStudent, Teacher, utcnow
 from dfmscd_service.core.settings import Settings, get_settings
-from dfmscd_service.core.storage import Storage, get_storage
+from dfmscd_service.core.storage import (
+    Storage,
+    StorageError,
+    StorageUnavailable,
+    get_storage,
+    local_copy,
+    samples_key,
+    student_key,
+)
+from dfmscd_service.core.webhooks import record_job_event
+from dfmscd_service.worker.checkpoint_mirror import CheckpointMirror, discard_stored_checkpoint
 from dfmscd_service.worker.faults import ENV_VAR as FAULT_ENV_VAR
-from dfmscd_service.worker.faults import fault_callback
+from dfmscd_service.worker.faults import fault_callback, pause_callback
 from dfmscd_service.worker.lease import claim, new_lease_owner, renew, still_owner
 from dfmscd_service.worker.recorder import EventRecorder, LeaseLost, _jsonable
 
@@ -136,6 +147,10 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "invalid_config", first
     if isinstance(exc, DfmscdError):
         return "invalid_input", first
+    if isinstance(exc, StorageUnavailable):
+        return "storage_unavailable", f"object storage unavailable; nothing of this attempt was kept: {first}"
+    if isinstance(exc, StorageError):
+        return "storage_error", first
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "disk_full", f"no space left on device while writing results: {first}"
     if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in first.lower():
@@ -179,6 +194,7 @@ class JobRun:
                 for name, values in students.items():
                     s.execute(update(JobStudent).where(JobStudent.job_id == self.job_id, JobStudent.name == name)
                               .values(**values))
+                record_job_event(s, self.job_id, f"job.{status}")  # the outbox: same transaction
                 s.commit()
 
         _retry_db(tx)
@@ -189,8 +205,25 @@ class JobRun:
         self._finish("failed", {n: {"status": "failed"} for n in names}, error_code=code, error_message=message)
 
     def discard_files(self) -> None:
+        """Best effort: remove this attempt's results (storage may be the reason it failed)."""
         for key in self.written:
-            self.storage.delete(key)
+            try:
+                self.storage.delete(key)
+            except Exception as exc:  # noqa: BLE001 - the job's own failure is what gets recorded
+                log.warning("job %s: could not delete %s: %s", self.job_id, key, exc)
+
+    def clean_scratch(self) -> None:
+        """The job is over: its checkpoint (local, and in remote storage) is not needed again."""
+        shutil.rmtree(self.settings.job_dir(self.job_id), ignore_errors=True)
+        if self.storage.remote:
+            discard_stored_checkpoint(self.storage, self.job_id)
+
+    def _load_teacher(self, key: str, card: ModelCard, job_dir: Path) -> Any:
+        """The teacher module, read from storage (a temp copy in the job's scratch when remote)."""
+        if not self.storage.exists(key):
+            raise JobFailure("teacher_missing", "the teacher's weights file is missing from storage")
+        with local_copy(self.storage, key, job_dir, "." + key.rsplit(".", 1)[-1]) as weights:
+            return load_teacher(weights, card, max_bytes=max(self.settings.max_upload_bytes, 1))
 
     # --- the run ---
     def execute(self, recorder: EventRecorder, should_cancel: CancelPoll) -> str:
@@ -204,22 +237,27 @@ class JobRun:
             config = DistillConfig.model_validate(job.config)
             budget = Budget.model_validate(job.budget)
             status_at_start = job.status
+            metadata = dict(job.job_metadata or {})
         if teacher is None:
             raise JobFailure("teacher_missing", "the job's teacher was deleted")
         card = ModelCard.model_validate(teacher.card)
-        weights = self.storage.local_path(teacher.storage_key)
-        if weights is None or not weights.exists():
-            raise JobFailure("teacher_missing", "the teacher's weights file is missing from storage")
-        teacher_model = load_teacher(weights, card, max_bytes=max(self.settings.max_upload_bytes, 1))
         job_dir = self.settings.job_dir(self.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
+        teacher_model = self._load_teacher(teacher.storage_key, card, job_dir)
+        # Remote storage: the last stored checkpoint is fetched, and each new one uploaded
+        # before its event is recorded (first callback), so any host can resume the job.
+        mirror = CheckpointMirror.for_run(self.storage, self.job_id, job_dir / "checkpoint.pt",
+                                          lambda: should_cancel.hb.lost)
         if status_at_start == "cancelling":
             recorder.log("cancel requested before this attempt started")
-        callbacks: list[Callable[[Any], None]] = [recorder]
+        callbacks: list[Callable[[Any], None]] = [recorder] if mirror is None else [mirror, recorder]
         injected = fault_callback(self.job_id, self.settings.data_dir)  # tests only; None unless configured
         if injected is not None:
             recorder.log("fault injection active for this attempt", fault=os.environ.get(FAULT_ENV_VAR, ""))
             callbacks.append(injected)
+        paused = pause_callback(self.job_id, metadata)  # tests only; None unless DFMSCD_TEST_PAUSE_DIR is set
+        if paused is not None:
+            callbacks.append(paused)  # after the recorder: the checkpoint event is written before the hold
         distiller = Distiller(
             teacher_model, card, specs, config, budget,
             callbacks=callbacks, should_cancel=should_cancel, checkpoint_path=job_dir / "checkpoint.pt",
@@ -235,10 +273,12 @@ class JobRun:
                 raise LeaseLost(self.job_id)
         students: dict[str, dict[str, Any]] = {}
         report_students = (result.report or {}).get("students", {})
-        for name, module in result.students.items():
-            key = f"jobs/{self.job_id}/students/{name}.{self.token}.safetensors"
+        outputs = run_outputs(result, card)  # the CLI writes the same files into its folder
+        for output in (o for o in outputs if o.kind == "student"):
+            name = output.student
+            key = student_key(self.job_id, name, self.token)
             student_card = result.cards[name]
-            stored = self.storage.write(key, lambda p, m=module, c=student_card: save_model(m, c, p))
+            stored = self.storage.write(key, output.write)
             self.written.append(key)
             info = report_students.get(name, {})
             students[name] = {
@@ -249,12 +289,12 @@ class JobRun:
                 "size_bytes": stored.size_bytes,
                 "card": student_card.model_dump(mode="json", exclude_none=True),
                 "parameters": info.get("params"),
-                "metrics": {k: v for k, v in info.items() if k in ("final_loss", "teacher_agreement")},
+                "metrics": {k: v for k, v in info.items() if k in ("final_loss", "teacher_agreement", "kd_ms_per_step")},
             }
         samples_values: dict[str, Any] = {}
-        if result.samples is not None and result.samples.numel() > 0:
-            skey = f"jobs/{self.job_id}/samples.{self.token}.png"
-            stored = self.storage.write(skey, lambda p: save_samples_png(result.samples, result.sample_labels, p))
+        for output in (o for o in outputs if o.kind == "samples"):
+            skey = samples_key(self.job_id, self.token)
+            stored = self.storage.write(skey, output.write)
             self.written.append(skey)
             samples_values = {"samples_key": stored.key, "samples_sha256": stored.sha256}
         final_status = "succeeded" if not partial else "cancelled"
@@ -325,9 +365,9 @@ def run_job(job_id: str) -> str:
                 run.fail(code, message)
             except LeaseLost:
                 return "lease_lost"
-            shutil.rmtree(settings.job_dir(job_id), ignore_errors=True)
+            run.clean_scratch()
             return "failed"
-        shutil.rmtree(settings.job_dir(job_id), ignore_errors=True)
+        run.clean_scratch()
         return outcome
     finally:
         hb.stop()

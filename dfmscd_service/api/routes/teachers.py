@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import func, select
@@ -19,8 +20,16 @@ from dfmscd_service.api.pagination import PageParams, keyset_page
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, Page, TeacherOut
 from dfmscd_service.core.settings import get_settings
-from dfmscd_service.core.storage import get_storage
-from dfmscd_service.api.teacher_validation import check_card, check_teacher, sniff_format
+from dfmscd_service.core.storage import (
+    ObjectWriter,
+    Storage,
+    StorageUnavailable,
+    get_storage,
+    local_copy,
+    teacher_key,
+    teacher_prefix,
+)
+from dfmscd_service.api.teacher_validation import check_card, sniff_format, sniff_head, validate_teacher
 from dfmscd_service.api.uploads import receive_upload
 from dfmscd_service.api.views import teacher_out
 from dfmscd.io.card import ModelCard
@@ -81,44 +90,85 @@ def _precheck_quota(owner_id: str, extra: int) -> None:
         _check_quota(session, owner_id, extra)
 
 
+class _StreamedTeacher:
+    """Remote storage: the upload streams straight to its final key, chosen from its first bytes."""
+
+    def __init__(self, storage: Storage, teacher_id: str) -> None:
+        self.storage, self.teacher_id, self.fmt = storage, teacher_id, ""
+
+    def open(self, filename: str | None, head: bytes) -> ObjectWriter:
+        self.fmt = sniff_head(head, filename)
+        return self.storage.open_writer(teacher_key(self.teacher_id, self.fmt))
+
+
+async def _validate_stored(storage: Storage, key: str, fmt: str, card: ModelCard, display_name: str | None) -> Any:
+    """``validate_teacher`` on a temp copy downloaded from remote storage (removed afterwards)."""
+    settings = get_settings()
+    copy = local_copy(storage, key, settings.tmp_dir, ".safetensors" if fmt == "safetensors" else ".pt")
+    path = await run_in_threadpool(copy.__enter__)
+    try:
+        return await validate_teacher(path, card, max(settings.max_upload_bytes, 1), display_name)
+    finally:
+        await run_in_threadpool(copy.__exit__, None, None, None)
+
+
+def _storage_unavailable() -> ApiError:
+    return ApiError(503, "storage_unavailable", "object storage is unreachable; nothing was stored, try again later",
+                    {"Retry-After": "5"})
+
+
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
 async def upload_teacher(request: Request, principal: CurrentKey) -> TeacherOut:
     """Upload a teacher: multipart fields ``file`` (weights) and ``card`` (model card JSON)."""
     settings = get_settings()
     checked: list[ModelCard] = []
 
-    def on_card(raw: bytes) -> None:
+    async def on_card(raw: bytes) -> None:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ApiError(422, "invalid_card", "model card is not UTF-8 text") from None
-        checked.append(check_card(text))
+        checked.append(await check_card(text))
 
-    upload = await receive_upload(
-        request, settings.tmp_dir, settings.max_upload_bytes, settings.max_card_bytes, on_card=on_card
-    )
+    storage = get_storage()
+    teacher_id = new_id("tch")
+    streamed = _StreamedTeacher(storage, teacher_id) if storage.remote else None
+    try:
+        upload = await receive_upload(
+            request, settings.tmp_dir, settings.max_upload_bytes, settings.max_card_bytes, on_card=on_card,
+            open_sink=streamed.open if streamed is not None else None,
+        )
+    except StorageUnavailable:
+        raise _storage_unavailable() from None
     path: Path | None = upload.path
+    kept = False  # a streamed upload is already stored: it stays only if its row is committed
     try:
         if upload.extra_fields:
             raise ApiError(422, "validation_error", f"unexpected form field(s): {', '.join(upload.extra_fields)}")
         if upload.size_bytes == 0:
             raise ApiError(422, "invalid_checkpoint", "the weights file is empty")
-        card = checked[0] if checked else check_card(upload.card_text)
-        fmt = sniff_format(upload.path, upload.filename)
-        typed = upload.path.with_name(upload.path.stem + (".safetensors" if fmt == "safetensors" else ".pt"))
-        os.replace(upload.path, typed)
-        path = typed
-        await run_in_threadpool(
-            check_teacher, typed, card, max(settings.max_upload_bytes, 1), _clean_filename(upload.filename)
-        )
+        card = checked[0] if checked else await check_card(upload.card_text)
+        if upload.path is not None:
+            fmt = sniff_format(upload.path, upload.filename)
+            typed = upload.path.with_name(upload.path.stem + (".safetensors" if fmt == "safetensors" else ".pt"))
+            os.replace(upload.path, typed)
+            path = typed
+            # torch loads and builds it in the torch pool, never in this process (dfmscd_service/api/torch_pool.py)
+            validation = await validate_teacher(typed, card, max(settings.max_upload_bytes, 1), _clean_filename(upload.filename))
+        else:  # streamed to remote storage: validated from a downloaded temp copy
+            assert upload.stored is not None and streamed is not None
+            fmt = streamed.fmt
+            validation = await _validate_stored(storage, upload.stored.key, fmt, card, _clean_filename(upload.filename))
         await run_in_threadpool(_precheck_quota, principal.owner_id, upload.size_bytes)
 
-        teacher_id = new_id("tch")
-        key = f"teachers/{teacher_id}/weights.{'safetensors' if fmt == 'safetensors' else 'pt'}"
-        stored = await run_in_threadpool(get_storage().put_file, key, typed)
+        key = teacher_key(teacher_id, fmt)
+        if upload.stored is None:
+            stored = await run_in_threadpool(storage.put_file, key, typed)
+        else:
+            stored = upload.stored
         path = None  # moved into storage
         if stored.sha256 != upload.sha256:  # the file changed under us: refuse rather than lie
-            get_storage().delete_prefix(f"teachers/{teacher_id}")
+            storage.delete_prefix(teacher_prefix(teacher_id))
             raise ApiError(500, "internal_error", "stored file does not match the upload")
         row = Teacher(
             id=teacher_id,
@@ -127,8 +177,9 @@ async def upload_teacher(request: Request, principal: CurrentKey) -> TeacherOut:
             size_bytes=upload.size_bytes,
             file_format=fmt,
             storage_key=key,
-            card=card.model_dump(mode="json", exclude_none=True),
+            card=validation.card,
             filename=_clean_filename(upload.filename),
+            warnings=list(validation.warnings) or None,
         )
 
         def _insert() -> Teacher:
@@ -143,14 +194,23 @@ async def upload_teacher(request: Request, principal: CurrentKey) -> TeacherOut:
                     session.commit()
                 except BaseException:
                     session.rollback()
-                    get_storage().delete_prefix(f"teachers/{teacher_id}")  # this upload's own folder
+                    storage.delete_prefix(teacher_prefix(teacher_id))  # this upload's own folder
                     raise
                 return row
 
-        return teacher_out(await run_in_threadpool(_insert))
+        out = teacher_out(await run_in_threadpool(_insert))
+        kept = True
+        return out
+    except StorageUnavailable:
+        raise _storage_unavailable() from None
     finally:
         if path is not None:
             path.unlink(missing_ok=True)
+        if upload.stored is not None and not kept:
+            try:
+                await run_in_threadpool(storage.delete_prefix, teacher_prefix(teacher_id))
+            except StorageUnavailable:  # the object is not referenced by any row: harmless debris
+                pass
 
 
 @router.get("", response_model=Page[TeacherOut], responses=_ERRORS)
@@ -184,5 +244,5 @@ def delete_teacher(
         raise ApiError(409, "teacher_in_use", f"teacher {teacher_id!r} is used by {active} active job(s)")
     session.delete(row)
     session.commit()
-    get_storage().delete_prefix(f"teachers/{teacher_id}")
+    get_storage().delete_prefix(teacher_prefix(teacher_id))
     return Response(status_code=204)

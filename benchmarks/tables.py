@@ -84,7 +84,7 @@ def matrix_summary(r: dict[str, Any]) -> dict[str, Any]:
     rows = {}
     for (arm, student), runs in groups.items():
         row: dict[str, Any] = {"arm": arm, "student": student, "seeds": [x["seed"] for x in runs]}
-        for key in ("test_accuracy", "val_accuracy", "ratio_to_teacher", "pool_balance", "label_balance", "wall_s",
+        for key in ("test_accuracy", "val_accuracy", "ratio_to_teacher", "pool_balance", "label_balance", "wall_s", "cpu_s",
                     "teacher_confidence", "diversity_ratio_to_real", "epochs", "kd_steps"):
             vals = [float(x[key]) for x in runs if x.get(key) is not None]
             row[key] = _mean_std(vals) if vals else None
@@ -126,7 +126,8 @@ def matrix_markdown(r: dict[str, Any]) -> str:
     t = r["teacher"]
     summary = r.get("summary") or matrix_summary(r)
     lines = [
-        f"### {r['dataset']}: equal total wall time, budget T = {r['budget_s']:.0f} s, seeds {r['seeds']}",
+        f"### {r['dataset']}: equal total {'CPU' if r.get('budget_clock') == 'cpu' else 'wall'} time, "
+        f"budget T = {r['budget_s']:.0f} s, seeds {r['seeds']}",
         "",
         f"Teacher {t['architecture']} test {t['test_accuracy'] * 100:.2f}% (val {t['val_accuracy'] * 100:.2f}%); "
         f"preset `{r['preset']}` {' '.join(r['set'])}; {r['machine']['device']}, {r['machine']['torch_threads']} torch "
@@ -134,8 +135,8 @@ def matrix_markdown(r: dict[str, Any]) -> str:
         f"teacher's penultimate features, / the same on real training images "
         f"({r['real_within_class_distance']:.3f}).",
         "",
-        "| arm | student | test acc | / teacher | val acc | pool balance | label balance | teacher conf. | diversity / real | wall s | epochs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| arm | student | test acc | / teacher | val acc | pool balance | label balance | teacher conf. | diversity / real | wall s | CPU s | epochs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary["rows"].values():
         lines.append(
@@ -143,6 +144,7 @@ def matrix_markdown(r: dict[str, Any]) -> str:
             f"{_ms(row['ratio_to_teacher'])} | {_ms(row['val_accuracy'], True)} | {_ms(row['pool_balance'], fmt='{:.2f}')} | "
             f"{_ms(row['label_balance'], fmt='{:.2f}')} | {_ms(row['teacher_confidence'], fmt='{:.2f}')} | "
             f"{_ms(row['diversity_ratio_to_real'], fmt='{:.2f}')} | {_ms(row['wall_s'], fmt='{:.1f}')} | "
+            f"{_ms(row.get('cpu_s'), fmt='{:.1f}')} | "
             f"{_ms(row['epochs'], fmt='{:.0f}')} |")
     lines += ["", "Targets (on the means):"]
     for key, value in summary["checks"].items():

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from dfmscd.config import Budget, DistillConfig, resolve_budget
+from dfmscd.costs import measure_kd_step_ms
 from dfmscd.engine import checkpoint as ckpt
 from dfmscd.engine.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
 from dfmscd.engine.report import balance, held_out_agreement, pool_diversity, pool_report
@@ -105,7 +106,12 @@ class Distiller:
         callbacks: Sequence[Callable[[Event], None]] = (),
         should_cancel: Callable[[], bool] | None = None,
         checkpoint_path: str | Path | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` (seconds, monotonic; default ``time.perf_counter``, i.e. wall time) is what a
+        seconds budget and the report's timings are measured with; a benchmark on a shared
+        machine can pass ``time.process_time`` to budget CPU time instead."""
+        self._clock = clock or time.perf_counter
         self.specs = list(students)
         self.names = check_student_names(self.specs)
         self.config, self.card = config, teacher_card
@@ -204,7 +210,7 @@ class Distiller:
 
     @property
     def elapsed(self) -> float:
-        return self.st.elapsed + (time.perf_counter() - self._session_start)
+        return self.st.elapsed + (self._clock() - self._session_start)
 
     def _in_warmup(self) -> bool:
         if self.st.epoch >= self.warmup:
@@ -284,7 +290,7 @@ class Distiller:
     # ------------------------------------------------------------------ one epoch
     def _synthesis_phase(self, adversarial: bool, units: int) -> Outcome:
         cfg = self.config
-        t0 = time.perf_counter()
+        t0 = self._clock()
         stats = self._epoch_stats
         try:
             with self.students.frozen() as students:
@@ -293,7 +299,7 @@ class Distiller:
                         return Outcome.CANCELLED
                     if self._out_of_time(self._synth_step_s):
                         return Outcome.OUT_OF_TIME
-                    ts = time.perf_counter()
+                    ts = self._clock()
                     recognised = self.pool.histogram("teacher_argmax") if len(self.pool) else None
                     labels = self.labels.next(cfg.synth_batch_size, recognised)
                     out = synthesize(
@@ -315,10 +321,10 @@ class Distiller:
                     stats["confidence"] = stats.get("confidence", 0.0) + out.teacher_confidence
                     stats["recognised"] = stats.get("recognised", 0.0) + out.recognised
                     stats["batches"] = stats.get("batches", 0.0) + 1
-                    self._synth_step_s = self._smooth(self._synth_step_s, time.perf_counter() - ts)
+                    self._synth_step_s = self._smooth(self._synth_step_s, self._clock() - ts)
                     self._maybe_progress((k + 1) / units, Phase.SYNTHESIS)
         finally:
-            self.st.synth_s += time.perf_counter() - t0
+            self.st.synth_s += self._clock() - t0
         return Outcome.DONE
 
     def _admit(self, out: Any) -> None:
@@ -335,7 +341,7 @@ class Distiller:
 
     def _kd_phase(self, units: int) -> Outcome:
         cfg = self.config
-        t0 = time.perf_counter()
+        t0 = self._clock()
         sums: torch.Tensor | None = None
         n = 0
         balanced = cfg.kd_sampling == "balanced"
@@ -345,7 +351,7 @@ class Distiller:
                     return Outcome.CANCELLED
                 if self._out_of_time(self._kd_step_s):
                     return Outcome.OUT_OF_TIME
-                ts = time.perf_counter()
+                ts = self._clock()
                 self.students.set_lr_factor(cosine_factor(self._schedule_fraction()))
                 idx = self.pool.sample_balanced(cfg.kd_batch_size) if balanced else self.pool.sample_indices(cfg.kd_batch_size)
                 x = self._to_input(self.pool.gather(idx), augment=True)
@@ -358,12 +364,12 @@ class Distiller:
                 # On CUDA this measures the launch, not the kernels (no sync); the estimate then
                 # catches up at the epoch's one host transfer below, which is accurate enough
                 # for keeping the budget.
-                self._kd_step_s = self._smooth(self._kd_step_s, time.perf_counter() - ts)
+                self._kd_step_s = self._smooth(self._kd_step_s, self._clock() - ts)
                 self._maybe_progress((len(self.mixture) + step + 1) / units, Phase.DISTILLATION)
         finally:
             if sums is not None:
                 self.st.last_losses = [v / n for v in sums.cpu().tolist()]  # the phase's one host sync
-            kd_dt = time.perf_counter() - t0
+            kd_dt = self._clock() - t0
             self.st.kd_s += kd_dt
             if n:
                 self._kd_step_s = kd_dt / n
@@ -427,9 +433,9 @@ class Distiller:
     def _save(self) -> None:
         if self.checkpoint_path is None:
             return
-        t0 = time.perf_counter()
+        t0 = self._clock()
         ckpt.save_checkpoint(self._state(), self.checkpoint_path)
-        self._save_s = time.perf_counter() - t0
+        self._save_s = self._clock() - t0
         self.st.checkpoint_s += self._save_s
         self._emit("checkpoint", {"epoch": self.st.epoch})  # no path: events reach tenants
 
@@ -446,13 +452,13 @@ class Distiller:
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = True) -> DistillResult:
         """Run to the budget (or cancellation); see the module docstring for reproducibility."""
-        self._session_start = time.perf_counter()  # a seconds budget counts set-up too
+        self._session_start = self._clock()  # a seconds budget counts set-up too
         self._setup()
-        self.setup_s = time.perf_counter() - self._session_start
+        self.setup_s = self._clock() - self._session_start
         self.st.setup_s = self.setup_s
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._restore(ckpt.load_checkpoint(self.checkpoint_path, self.fingerprint))
-            self._session_start = time.perf_counter()
+            self._session_start = self._clock()
             # No path here: events reach the service's tenants, and file paths are the server's business.
             self._log(f"resumed from checkpoint at epoch {self.st.epoch}")
         else:
@@ -485,8 +491,15 @@ class Distiller:
             self.hooks.remove()
 
     # ------------------------------------------------------------------ result
+    def _kd_ms_per_student(self) -> list[float]:
+        """Each student's own forward + backward on one KD batch, in ms (dfmscd.costs): which student
+        makes the shared steps slow. Measured on copies, under the run's precision and layout."""
+        x = torch.zeros(self.config.kd_batch_size, *self.card.input_shape, device=self.device)
+        with self.students.autocast():
+            return measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format))
+
     def _result(self, status: Outcome) -> DistillResult:
-        t0 = time.perf_counter()
+        t0 = self._clock()
         agreement: list[float | None] = [None] * len(self.specs)
         held_out = 0
         if status is Outcome.COMPLETED and len(self.pool):
@@ -498,8 +511,9 @@ class Distiller:
             )  # fmt: skip
         diversity = pool_diversity(self.teacher, self.pool, lambda u8: self._to_input(u8, augment=False))
         samples, sample_labels = pick_samples(self.pool)
+        kd_ms = self._kd_ms_per_student()  # before the students leave the device
         students = {n: m.cpu().eval().to(memory_format=torch.contiguous_format) for n, m in zip(self.names, self.students.modules)}
-        eval_s = time.perf_counter() - t0
+        eval_s = self._clock() - t0
         total_s = self.elapsed
         st = self.st
         budget_s = self.budget.seconds
@@ -523,8 +537,9 @@ class Distiller:
                     "params": count_parameters(students[name]),
                     "final_loss": loss,
                     "teacher_agreement": agr,
+                    "kd_ms_per_step": ms,
                 }
-                for name, spec, loss, agr in zip(self.names, self.specs, st.last_losses, agreement)
+                for name, spec, loss, agr, ms in zip(self.names, self.specs, st.last_losses, agreement, kd_ms)
             },
             "held_out_images": held_out,
             "timings": {

@@ -28,5 +28,5 @@ def test_mean_and_sample_std_over_seeds_and_the_checks():
                              "val_accuracy": 0.98}, "dataset": "digits", "budget_s": 300, "seeds": [0, 1],
                              "preset": "balanced", "set": [], "machine": {"device": "cpu", "torch_threads": 1},
                              "real_within_class_distance": 2.0})
-    assert "| DF-MSCD (N students, T s) | a | 98.00 ± 1.41% |" in table
+    assert "| DF-MSCD (N students, T s) | a | 98.00 ± 1.41% |" in table and "equal total wall time" in table
     assert "dfmscd_ahead_of_preset_single_every_student: MISSED" in table

@@ -140,3 +140,20 @@ def test_penultimate_features_are_the_last_linear_input():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.ReLU(), lin)
     x = torch.tensor([[[-1.0, 2.0, 3.0]]])
     assert torch.equal(penultimate_features(model, x), torch.tensor([[0.0, 2.0, 3.0]]))
+
+
+def test_a_seconds_budget_on_an_injected_clock_ends_within_tolerance_evaluation_included():
+    """A fake clock (0.02 s per reading) makes the budget check deterministic: no timing assertion
+    on the real machine, but the same code path a real seconds budget takes."""
+    ticks = {"t": 0.0}
+
+    def clock() -> float:
+        ticks["t"] += 0.02
+        return ticks["t"]
+
+    cfg = resolve_config("fast", TINY)
+    result = Distiller(task.teacher(), task.card(), [StudentSpec("resnet8")], cfg, Budget(seconds=4.0), clock=clock).run()
+    t = result.report["timings"]
+    assert result.status == "completed" and result.report["epochs_completed"] >= 1
+    assert t["total_s"] <= 4.0 + max(0.02 * 4.0, 5.0)
+    assert t["over_budget_s"] == pytest.approx(t["total_s"] - 4.0)

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 import dfmscd
 from dfmscd_service.api.body_limit import BodySizeLimitMiddleware
+from dfmscd_service.api.dashboard import mount_dashboard
 from dfmscd_service.api.errors import CatchAllMiddleware, install_error_handlers
 from dfmscd_service.api.routes import architectures, downloads, events, health, jobs, teachers
 from dfmscd_service.core.settings import get_settings
@@ -54,6 +55,7 @@ def create_app() -> FastAPI:
     app.add_middleware(CatchAllMiddleware)
     for module in (health, teachers, jobs, events, downloads, architectures):
         app.include_router(module.router)
+    mount_dashboard(app)  # last: `/` and `/static` only, never in front of an API route
     return app
 
 

@@ -1,0 +1,214 @@
+"""The web dashboard in a real browser (headless Chromium) against a live API and a real
+Celery worker: sign-in, teacher upload by drag-and-drop, job creation from the form, a job
+watched to its end over SSE, downloads checked against the API, and tenant isolation.
+
+Waits are on DOM state (WebDriverWait), never sleeps. ``DFMSCD_SCREENSHOTS=docs/dashboard``
+also writes each page's screenshots at 1280 and 390 px.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from service_kit import CARD, TINY_HYPERPARAMETERS, job_body, make_key, upload_teacher
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def keys(dashboard: Any) -> dict[str, str]:
+    return {"a": make_key("web-a"), "b": make_key("web-b")}
+
+
+def _drop_file(dash: Any, selector: str, data: bytes, name: str) -> None:
+    """A real drop event on the zone, with a DataTransfer holding the file's bytes."""
+    dash.driver.execute_script("""
+        const [selector, b64, name] = arguments;
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, {type: "application/octet-stream"}));
+        const zone = document.querySelector(selector);
+        zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    """, selector, base64.b64encode(data).decode(), name)
+
+
+def _fill_card(dash: Any, card: dict[str, Any]) -> None:
+    dash.select("#card-architecture", card["architecture"])
+    dash.fill("#card-classes", str(card["num_classes"]))
+    c, height, width = card["input_shape"]
+    dash.select("#card-channels", str(c))
+    dash.fill("#card-height", str(height))
+    dash.fill("#card-width", str(width))
+    dash.fill("#card-mean", ", ".join(map(str, card["mean"])))
+    dash.fill("#card-std", ", ".join(map(str, card["std"])))
+
+
+def _message(dash: Any, selector: str) -> str:
+    return dash.until(lambda: dash.css(selector).text.strip(), f"a message in {selector}")
+
+
+def test_sign_in_refuses_a_wrong_key_and_keeps_the_right_one_in_session_storage(dashboard, keys):
+    dash = dashboard
+    dash.open()
+    dash.driver.execute_script("sessionStorage.clear()")
+    dash.open("#/jobs")
+    dash.shoot("sign-in")
+    dash.fill("#api-key", "dfk_not-a-key")
+    dash.click("#sign-in")
+    assert _message(dash, "#sign-in-message") == "invalid API key"
+    assert dash.driver.execute_script("return sessionStorage.length") == 0
+    dash.fill("#api-key", keys["a"])
+    dash.click("#sign-in")
+    dash.visible("#nav")
+    assert dash.driver.execute_script("return sessionStorage.getItem('dfmscd.apiKey')") == keys["a"]
+    assert dash.driver.execute_script("return localStorage.length") == 0
+    dash.visible("#no-jobs")  # a new tenant: an empty list, not someone else's jobs
+    # Signing out forgets the key.
+    dash.click("#sign-out")
+    dash.visible("#sign-in-form")
+    assert dash.driver.execute_script("return sessionStorage.length") == 0
+    assert dash.console_errors() == []
+
+
+def test_teacher_upload_by_drop_checks_the_card_and_shows_the_apis_refusal(dashboard, keys, teacher_file):
+    dash = dashboard
+    dash.sign_in(keys["a"])
+    dash.go("#/teachers")
+    dash.visible("#no-teachers")
+    data = teacher_file.read_bytes()
+    _drop_file(dash, "#drop-zone", data, "teacher.safetensors")
+    assert dash.css("#teacher-file-name").text.startswith("teacher.safetensors")
+
+    # The page's own check, worded like the API's: one mean/std value per channel.
+    _fill_card(dash, {**CARD, "mean": [0.5, 0.5]})
+    dash.click("#upload-submit")
+    assert _message(dash, "#upload-message") == "mean and std need one value per channel (1), got 2 and 1"
+
+    # A card the page cannot check (the weights are a resnet8, not a resnet20): the API's 422.
+    _fill_card(dash, {**CARD, "architecture": "resnet20"})
+    dash.click("#upload-submit")
+    refused = _message(dash, "#upload-message")
+    assert refused.startswith("weights do not match architecture 'resnet20'"), refused
+    assert refused.endswith("(invalid_checkpoint)"), refused
+    assert dash.all("#no-teachers"), "a refused upload stores nothing"
+
+    _fill_card(dash, CARD)
+    dash.click("#upload-submit")
+    ok = dash.visible("#upload-ok").text
+    teacher_id = ok.split()[1].rstrip(".")
+    row = dash.visible(f"tr[data-teacher-id='{teacher_id}']")
+    assert "resnet8" in row.text and "1×8×8" in row.text
+    dash.shoot("teachers")
+    assert dash.console_errors() == []
+
+
+def test_a_job_from_the_form_runs_to_the_end_live_and_every_format_downloads(dashboard, keys, client, teacher_file):
+    dash = dashboard
+    auth = {"Authorization": f"Bearer {keys['a']}"}
+    teachers = client.get("/v1/teachers", headers=auth).json()["data"]
+    if not teachers:  # this test alone: the upload test did not run first
+        teachers = [upload_teacher(client, auth, teacher_file).json()]
+    teacher_id = teachers[0]["id"]
+
+    dash.sign_in(keys["a"])
+    dash.go("#/jobs/new")
+    dash.select("#job-teacher", teacher_id)
+    dash.select(".student-arch", "resnet8")
+    dash.fill(".student-name", "small")
+    dash.click("input[name=preset][value=fast]")
+    dash.fill("#budget-value", "2")
+    dash.select("#budget-unit", "epochs")
+    dash.fill("#job-seed", "3")
+    dash.click("details summary")
+    dash.fill("#job-hyperparameters", json.dumps(TINY_HYPERPARAMETERS))
+    dash.shoot("new-job")
+    dash.click("#job-submit")
+
+    dash.until(lambda: dash.driver.execute_script("return location.hash").startswith("#/jobs/job_"), "the job page")
+    job_id = dash.driver.execute_script("return location.hash").split("/")[-1]
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+    assert job["preset"] == "fast" and job["budget"] == {"epochs": 2} and job["seed"] == 3
+    assert [(s["name"], s["architecture"]) for s in job["students"]] == [("small", "resnet8")]
+    assert job["config"]["kd_batch_size"] == TINY_HYPERPARAMETERS["kd_batch_size"]
+
+    # Watched to the end: the status the page shows comes from the API, the curves from SSE.
+    dash.visible("#job-status[data-status='succeeded']", timeout=240)
+    dash.until(lambda: dash.css("#stream-state").text == "stream ended: job succeeded", "the stream's end")
+    assert dash.css("#job-progress").text == "100%"
+    assert int(dash.css("#chart-loss").get_attribute("data-points")) >= 1
+    assert int(dash.css("#chart-balance").get_attribute("data-points")) >= 1
+    assert int(dash.css("#chart-speed").get_attribute("data-points")) >= 1
+    legend = dash.css("#chart-loss .u-legend").get_attribute("textContent")
+    assert "small" in legend, legend
+    assert "job succeeded" in dash.css("#job-log").text
+    dash.until(lambda: dash.driver.execute_script(
+        "const i = document.querySelector('#samples-img'); return i && i.complete && i.naturalWidth > 0"), "the samples grid")
+    assert dash.css("tr[data-student='small']").text.count("succeeded") == 1
+    dash.shoot("job")
+
+    final = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+    student = final["students"][0]
+    for fmt, suffix in (("safetensors", "safetensors"), ("onnx", "onnx"), ("torchscript", "pt")):
+        dash.click(f"button.download[data-student='small'][data-format='{fmt}']")
+        dash.until(lambda: dash.all("#download-ok") and dash.css("#download-ok").get_attribute("data-file") == f"small.{suffix}",
+                   f"the page to save the {fmt} file")
+        got = hashlib.sha256(dash.downloaded(f"small.{suffix}").read_bytes()).hexdigest()
+        api = client.get(f"/v1/jobs/{job_id}/students/small/weights", params={"format": fmt}, headers=auth)
+        assert api.status_code == 200
+        assert got == hashlib.sha256(api.content).hexdigest() == api.headers["etag"].strip('"'), fmt
+        if fmt == "safetensors":
+            assert got == student["sha256"]
+
+    dash.go("#/jobs")
+    row = dash.visible(f"tr[data-job-id='{job_id}'][data-status='succeeded']")
+    assert "100%" in row.text and "small" in row.text
+    dash.shoot("jobs")
+    assert dash.console_errors() == []
+
+
+def test_another_tenant_sees_not_found_for_someone_elses_job(dashboard, keys, client, teacher_file):
+    dash = dashboard
+    auth_a = {"Authorization": f"Bearer {keys['a']}"}
+    teachers = client.get("/v1/teachers", headers=auth_a).json()["data"]
+    teacher_id = teachers[0]["id"] if teachers else upload_teacher(client, auth_a, teacher_file).json()["id"]
+    job_id = client.post("/v1/jobs", headers=auth_a, json=job_body(teacher_id)).json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=auth_a)  # queued: cancelled at once, no work for the worker
+
+    dash.sign_in(keys["b"])
+    dash.go(f"#/jobs/{job_id}")
+    box = dash.visible("#job-not-found")
+    assert f"job '{job_id}' not found" in box.text
+    assert dash.all("#chart-loss") == [] and dash.all("button.download") == []
+    dash.go("#/jobs")
+    dash.visible("#no-jobs")
+    assert job_id not in dash.css("main").text
+    dash.go("#/teachers")
+    dash.visible("#no-teachers")
+    dash.go(f"#/jobs/{job_id}")
+    dash.visible("#job-not-found")
+    dash.shoot("not-found")
+    # And the owner still sees it.
+    dash.sign_in(keys["a"])
+    dash.go(f"#/jobs/{job_id}")
+    dash.visible("#job-status[data-status='cancelled']")
+    assert dash.console_errors() == []
+
+
+def test_the_dashboard_does_not_shadow_the_api(dashboard, client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/vendor/uplot/uPlot.iife.min.js").status_code == 200
+    assert client.get("/healthz").status_code in (200, 503)
+    assert client.get("/openapi.json").json()["info"]["title"] == "dfmscd"
+    assert client.get("/docs").status_code == 200
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    gone = client.get("/static/nothing-here.js")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+    assert "/" not in client.get("/openapi.json").json()["paths"]

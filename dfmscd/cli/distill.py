@@ -16,12 +16,9 @@ from typing import Any
 
 from dfmscd.cli.options import EXIT_INTERRUPTED, EXIT_OK, PROG, parse_set_option, parse_student_option
 from dfmscd.errors import ConfigError
-from dfmscd.formats import NATIVE_FORMAT, file_name
 
 CHECKPOINT_NAME = "checkpoint.pt"
 REPORT_NAME = "report.json"
-SAMPLES_NAME = "samples.png"
-SAMPLES_PER_CLASS = 8
 PLAIN_PROGRESS_EVERY_S = 30.0  # without a terminal, a heartbeat line during long epochs
 
 
@@ -169,44 +166,21 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def _samples_labels(result: Any, teacher: Any, card: Any) -> Any:
-    """Rows of the grid = the teacher's argmax (what the picture shows), unless the engine says."""
-    import torch
-
-    labels = getattr(result, "sample_labels", None)
-    if labels is not None and len(labels) == len(result.samples):
-        return labels
-    x = result.samples.float().div(255.0)
-    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
-    std = torch.tensor(card.std).view(1, -1, 1, 1)
-    device = next(teacher.parameters()).device
-    with torch.no_grad():
-        return teacher((x - mean).div(std).to(device)).argmax(1).cpu()
-
-
-def write_outputs(result: Any, out: Path, teacher: Any, teacher_card: Any, exports: list[str],
-                  extra: dict[str, Any]) -> dict[str, Any]:
+def write_outputs(result: Any, out: Path, teacher_card: Any, exports: list[str], extra: dict[str, Any]) -> dict[str, Any]:
     """Students (+exports), samples.png and report.json; returns the files written (names
     relative to ``out``, so the folder can be moved or served as is)."""
-    from dfmscd.io import export_as, save_model
-    from dfmscd.report import save_samples_png, write_json_atomic
+    from dfmscd.outputs import run_outputs  # deferred on purpose: loads torch
+    from dfmscd.report import write_json_atomic
 
     files: dict[str, Any] = {"students": {}, "exports": {}}
-    for name, module in result.students.items():
-        card = result.cards[name]
-        path = out / file_name(name, NATIVE_FORMAT)
-        save_model(module, card, path)
-        files["students"][name] = path.name
-        for fmt in exports:
-            target = out / file_name(name, fmt)
-            export_as(fmt, module, card, target)
-            files["exports"].setdefault(name, {})[fmt] = target.name
-    samples = getattr(result, "samples", None)
-    if samples is not None and len(samples):
-        save_samples_png(samples, _samples_labels(result, teacher, teacher_card), out / SAMPLES_NAME,
-                         per_class=SAMPLES_PER_CLASS, class_names=teacher_card.class_names,
-                         num_classes=teacher_card.num_classes)
-        files["samples"] = SAMPLES_NAME
+    for output in run_outputs(result, teacher_card, exports):
+        output.write(out / output.name)
+        if output.kind == "student":
+            files["students"][output.student] = output.name
+        elif output.kind == "export":
+            files["exports"].setdefault(output.student, {})[output.fmt] = output.name
+        else:
+            files["samples"] = output.name
     files["report"] = REPORT_NAME
     files["checkpoint"] = CHECKPOINT_NAME if (out / CHECKPOINT_NAME).exists() else None
     report = {**result.report, "status": result.status, **extra, "files": files}
@@ -254,7 +228,7 @@ def run_distill(args: argparse.Namespace) -> int:
         printer.close()
     extra = {"cli": {"teacher": str(args.teacher), "card": str(args.card), "preset": args.preset,
                      "budget": args.budget, "resume_requested": bool(args.resume), "exports": args.export}}
-    files = write_outputs(result, out, teacher, card, args.export, extra)
+    files = write_outputs(result, out, card, args.export, extra)
     _summary(result, out, files, time.monotonic() - started)
     return EXIT_OK if result.status == "completed" else EXIT_INTERRUPTED
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dfmscd.config import Budget, DistillConfig
 from dfmscd.engine import Distiller, StudentSpec
 from dfmscd.errors import CardError, CheckpointError, ConfigError, DfmscdError
-from dfmscd.io import ModelCard, load_teacher, save_model
+from dfmscd.io import ModelCard, load_teacher
 from dfmscd.outputs import run_outputs
 from dfmscd_service.core.db import session_factory
 from dfmscd_service.core.models import Job, JobStudent, Teacher, utcnow

@@ -19,6 +19,7 @@ from dfmscd_service.api.schemas import JobCreate
 from dfmscd_service.core.broker import BrokerUnavailable, enqueue_job
 from dfmscd_service.core.models import ACTIVE_STATUSES, IdempotencyKey, Job, JobStudent, Teacher, new_id, utcnow
 from dfmscd_service.core.settings import get_settings
+from dfmscd_service.core.webhooks import record_job_event
 
 
 def _replay(session: Session, principal: Principal, key: str, digest: str) -> Job | None:
@@ -116,12 +117,14 @@ def create_job(session: Session, principal: Principal, body: JobCreate, idempote
     try:
         enqueue_job(job.id)
     except BrokerUnavailable:
-        session.execute(
+        failed = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == "queued")
             .values(status="failed", error_code="broker_unavailable", error_message="the job queue is unreachable",
                     finished_at=utcnow())
-        )
+        ).rowcount  # type: ignore[attr-defined]
+        if failed:
+            record_job_event(session, job.id, "job.failed")
         session.commit()
         raise ApiError(503, "broker_unavailable", "the job queue is unreachable; try again", {"Retry-After": "10"}) from None
     return job, False

@@ -14,7 +14,7 @@ import dfmscd
 from dfmscd_service.api.body_limit import BodySizeLimitMiddleware
 from dfmscd_service.api.dashboard import mount_dashboard
 from dfmscd_service.api.errors import CatchAllMiddleware, install_error_handlers
-from dfmscd_service.api.routes import architectures, downloads, events, health, jobs, teachers
+from dfmscd_service.api.routes import architectures, downloads, events, health, jobs, teachers, webhooks
 from dfmscd_service.core.settings import get_settings
 from dfmscd_service.core.startup import prepare
 
@@ -53,7 +53,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=get_settings().max_json_body_bytes)
     app.add_middleware(CatchAllMiddleware)
-    for module in (health, teachers, jobs, events, downloads, architectures):
+    for module in (health, teachers, jobs, events, downloads, architectures, webhooks):
         app.include_router(module.router)
     mount_dashboard(app)  # last: `/` and `/static` only, never in front of an API route
     return app

@@ -7,16 +7,14 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The job's public shape lives in core: the worker's webhooks carry it too.
+from dfmscd_service.core.job_view import ErrorDetail, JobOut, JobStatus, StudentOut
+
 T = TypeVar("T")
 
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+__all__ = ["ErrorDetail", "JobOut", "JobStatus", "StudentOut"]  # re-exported for the routes
 StudentStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
 
 
 class ErrorBody(BaseModel):
@@ -68,46 +66,10 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class StudentOut(BaseModel):
-    name: str
-    architecture: str
-    arch_kwargs: dict[str, Any]
-    status: str
-    partial: bool
-    parameters: int | None
-    metrics: dict[str, Any]
-    sha256: str | None
-    size_bytes: int | None
-    weights_url: str | None
-
-
 class StudentDetail(StudentOut):
     job_id: str
     card: dict[str, Any] | None
     formats: list[str]
-
-
-class JobOut(BaseModel):
-    id: str
-    status: JobStatus
-    teacher_id: str | None
-    preset: str
-    config: dict[str, Any]
-    budget: dict[str, Any]
-    seed: int
-    metadata: dict[str, Any]
-    progress: float
-    eta_seconds: float | None
-    epoch: int
-    attempts: int
-    students: list[StudentOut]
-    error: ErrorDetail | None
-    report: dict[str, Any] | None
-    samples_url: str | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
 
 
 class EventOut(BaseModel):

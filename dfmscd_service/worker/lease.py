@@ -16,6 +16,7 @@ from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from dfmscd_service.core.models import Job, JobStudent, utcnow
+from dfmscd_service.core.webhooks import record_job_event
 
 
 def new_lease_owner() -> str:
@@ -27,7 +28,10 @@ def _expired(now: datetime):  # type: ignore[no-untyped-def]
 
 
 def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
-    """queued → running, or take over a running/cancelling job whose lease expired."""
+    """queued → running, or take over a running/cancelling job whose lease expired.
+
+    The first claim queues the job's ``job.running`` webhooks in the same transaction.
+    """
     now = utcnow()
     res = session.execute(
         update(Job)
@@ -56,6 +60,9 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> bo
             .values(status="running")
             .execution_options(synchronize_session=False)
         )
+        first = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one()
+        if tuple(first) == ("running", 1):
+            record_job_event(session, job_id, "job.running")
     session.commit()
     return claimed
 

@@ -1,4 +1,4 @@
-"""Worker process hooks: migrate at start, sweep for orphans, fresh DB connections per child."""
+"""Worker process hooks: migrate at start, sweep for orphans, deliver webhooks, fresh DB connections per child."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from dfmscd_service.core.db import dispose_engines
 from dfmscd_service.core.settings import get_settings
 from dfmscd_service.core.startup import prepare
 from dfmscd_service.worker.sweeper import Sweeper
+from dfmscd_service.worker.webhooks import WebhookDeliverer
 
 log = logging.getLogger("dfmscd.worker")
 _sweeper = None
+_deliverer = None
 
 
 @worker_init.connect
@@ -36,9 +38,11 @@ def _on_child_init(**_kwargs: object) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(**_kwargs: object) -> None:
-    global _sweeper
+    global _sweeper, _deliverer
     _sweeper = Sweeper(get_settings().sweep_seconds)
     _sweeper.start()
+    _deliverer = WebhookDeliverer()  # the webhook outbox, delivered from this (main) process
+    _deliverer.start()
     log.info("dfmscd worker ready; sweeping for orphaned jobs every %.0f s", get_settings().sweep_seconds)
 
 
@@ -46,3 +50,5 @@ def _on_worker_ready(**_kwargs: object) -> None:
 def _on_worker_shutdown(**_kwargs: object) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+    if _deliverer is not None:
+        _deliverer.stop()

@@ -125,6 +125,13 @@ def service_env(data_dir: Path, pg: str, prefix: str, **extra: str) -> dict[str,
         "DFMSCD_TORCH_THREADS": "1",
         "DFMSCD_MAX_CONCURRENT_JOBS_PER_KEY": "1000",  # the limit itself is tested with its own key
         "DFMSCD_RATE_LIMIT_PER_MINUTE": "100000",  # tested with small settings in tests/hardening/test_limits.py
+        # Webhooks (tests/api/test_webhooks.py, tests/worker/test_webhook_delivery.py): a local
+        # receiver, retries 0.2 s apart, an endpoint disabled at its 3rd failure in a row.
+        "DFMSCD_WEBHOOK_ALLOW_PRIVATE": "true",
+        "DFMSCD_WEBHOOK_RETRY_SCHEDULE": "[0, 0.2, 0.2, 0.2, 0.2]",
+        "DFMSCD_WEBHOOK_POLL_SECONDS": "0.2",
+        "DFMSCD_WEBHOOK_DISABLE_AFTER_FAILURES": "3",
+        "DFMSCD_WEBHOOK_DISABLE_AFTER_SECONDS": "0",
     }
     env.update(extra)
     return env

@@ -11,7 +11,8 @@ from sqlalchemy import create_engine, inspect
 from dfmscd_service.core.migrate import downgrade, upgrade_head
 from dfmscd_service.core.models import Base
 
-TABLES = {"api_keys", "teachers", "jobs", "job_students", "job_events", "idempotency_keys"}
+TABLES = {"api_keys", "teachers", "jobs", "job_students", "job_events", "idempotency_keys",
+          "webhook_endpoints", "webhook_deliveries"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -13,6 +13,7 @@ from dfmscd_service.api.pagination import PageParams, keyset_page
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, JobCreate, JobOut, Page
 from dfmscd_service.api.views import job_out
+from dfmscd_service.core.webhooks import record_job_event
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=SessionReleasingRoute)
 _STATUS_ONE = "(" + "|".join(JOB_STATUSES) + ")"
@@ -86,6 +87,7 @@ def cancel_job(
     ).rowcount  # type: ignore[attr-defined]
     if done:
         session.execute(update(JobStudent).where(JobStudent.job_id == job.id).values(status="cancelled"))
+        record_job_event(session, job.id, "job.cancelled")  # committed with the cancel, or not at all
     else:
         session.execute(
             update(Job)

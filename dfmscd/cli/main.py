@@ -1,4 +1,4 @@
-"""The ``dfmscd`` command line: distill, architectures, evaluate, and the commands other packages add.
+"""The ``dfmscd`` command line: distill, architectures, evaluate, card, and the commands other packages add.
 
 Every user mistake (a ``DfmscdError``, a missing file, a bad argument) becomes one line on
 stderr and exit code 2, never a traceback; a traceback means a bug. Heavy imports (torch, the
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dfmscd import __version__
+from dfmscd.cli.card import add_card_parser
 from dfmscd.cli.distill import run_distill
 from dfmscd.cli.options import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, existing_file, export_list, fail,
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--card", required=True, type=existing_file, help="teacher model card (JSON)")
     d.add_argument("--student", action="append", required=True, metavar="ARCH|NAME=ARCH", help="a student architecture; repeat for several")
     d.add_argument("--preset", default="balanced", choices=sorted(PRESETS))
-    d.add_argument("--budget", help="wall-clock ('300s', '5m', '2h') or epochs ('40e'); default: the preset's epochs")
+    d.add_argument("--budget", help="wall-clock ('300s', '5m', '2h') or epochs ('40e', '40 epochs'); a bare number is refused; default: the preset's epochs")
     d.add_argument("--out", required=True, type=Path, help="output folder")
     d.add_argument("--seed", type=int, help="random seed (default: the config's)")
     d.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -58,12 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--image-size", type=int, default=32)
     a.set_defaults(func=_cmd_architectures)
 
-    e = sub.add_parser("evaluate", help="accuracy of a student file on a labelled .npz")
-    e.add_argument("model", type=existing_file, help="a .safetensors written by dfmscd (card embedded)")
+    e = sub.add_parser("evaluate", help="accuracy of a model file on a labelled .npz")
+    e.add_argument("model", type=existing_file,
+                   help="a .safetensors written by dfmscd (card embedded), or any weights file with --card (e.g. a teacher)")
     e.add_argument("data", type=existing_file, help=".npz with 'x' (images) and 'y' (integer labels)")
+    e.add_argument("--card", type=existing_file, help="model card JSON for weights without an embedded card (a teacher)")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--json", action="store_true", help="print a JSON object instead of a sentence")
     e.set_defaults(func=_cmd_evaluate)
+
+    add_card_parser(sub)
 
     for ep in entry_points(group=COMMANDS_GROUP):
         ep.load()(sub)
@@ -127,7 +132,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
-    module, card = load_model(args.model)
+    if args.card is not None:  # a teacher (or any weights-only file): the card comes separately
+        from dfmscd.io import build_model, load_state_dict, read_card, validate_card
+
+        card = validate_card(read_card(args.card))
+        module = build_model(card, load_state_dict(args.model))
+    else:
+        module, card = load_model(args.model)
     x, y = read_labelled_npz(args.data, card)
     accuracy = float(evaluate(module, card, x, y, batch_size=args.batch_size))
     if args.json:

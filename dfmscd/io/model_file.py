@@ -47,7 +47,7 @@ def _card_from_metadata(metadata: dict[str, str], label: str) -> ModelCard:
     if text is None:
         raise CheckpointError(
             f"{label}: no model card in the safetensors metadata (not written by dfmscd); "
-            "for a teacher, pass its card separately"
+            "for a teacher, pass its model card (dfmscd evaluate FILE DATA --card teacher.json)"
         )
     try:
         return parse_card(text)

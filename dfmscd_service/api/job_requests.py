@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel
 
+from dfmscd_service.api import torch_checks, torch_pool
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.core.models import Teacher
 from dfmscd_service.api.schemas import JobCreate
+from dfmscd_service.api.torch_checks import StudentCheck
 from dfmscd_service.core.settings import Settings
-from dfmscd.config import PRESETS, Budget, DistillConfig, resolve_budget, resolve_config
+from dfmscd.names import STUDENT_NAME_RULE, default_student_name, is_valid_student_name
+from dfmscd.costs import dominant_student_warning
+from dfmscd.config import PRESETS, Budget, DistillConfig, parse_budget, resolve_budget, resolve_config
 from dfmscd.errors import DfmscdError
 from dfmscd.io.card import ModelCard
 
-NAME_RE = re.compile(r"^(?!\.)[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass
@@ -27,6 +29,7 @@ class StudentPlan:
     architecture: str
     arch_kwargs: dict[str, Any]
     parameters: int | None
+    cost: int | None = None  # estimated per-step cost (dfmscd.costs), None when unknown
 
 
 @dataclass
@@ -35,6 +38,7 @@ class JobPlan:
     budget: Budget
     students: list[StudentPlan]
     metadata: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
 
 def request_hash(body: JobCreate) -> str:
@@ -42,62 +46,39 @@ def request_hash(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def default_student_name(architecture: str) -> str:
-    """The architecture, made a valid name (``tv/resnet18`` → ``tv_resnet18``)."""
-    return architecture.replace("/", "_")
-
-
 def _invalid(message: str, code: str = "validation_error") -> ApiError:
     return ApiError(422, code, message)
 
 
-def _check_student(architecture: str, arch_kwargs: dict[str, Any], card: ModelCard) -> int | None:
-    """Prove the student can be built for this teacher; its parameter count when that is cheap.
-
-    The library's pre-flight checks names, sizes and kwargs without building anything; the
-    small dfmscd architectures are then built on the CPU (milliseconds) to count parameters,
-    while torchvision and timm ones (which can be large) are counted by the worker when it builds them.
-    """
-    from dfmscd.models import check_model_arguments, count_parameters, create_model
-
-    c, side = card.input_shape[0], card.input_shape[1]
-    kwargs = dict(num_classes=card.num_classes, in_channels=c, image_size=side)
-    try:
-        check_model_arguments(architecture, **kwargs, **arch_kwargs)
-        if architecture.startswith(("tv/", "timm/")):
-            return None
-        return count_parameters(create_model(architecture, **kwargs, **arch_kwargs))
-    except DfmscdError as exc:
-        raise _invalid(f"student {architecture!r}: {exc}", "invalid_student") from None
-    except TypeError as exc:
-        raise _invalid(f"student {architecture!r}: bad arch_kwargs: {exc}", "invalid_student") from None
+def _check_students(body: JobCreate, card: ModelCard) -> list[StudentCheck]:
+    """Can each student be built for this teacher, and its parameter count when that is cheap:
+    one trip to the torch pool for the whole request (``torch_checks.check_students``)."""
+    return torch_pool.call(torch_checks.check_students, card.model_dump(mode="json", exclude_none=True),
+                           [(s.architecture, dict(s.arch_kwargs)) for s in body.students])
 
 
 def _students(body: JobCreate, card: ModelCard, settings: Settings) -> list[StudentPlan]:
-    from dfmscd.models import is_model
-
     n = len(body.students)
     if not 1 <= n <= settings.max_students:
         raise _invalid(f"students: give between 1 and {settings.max_students} students, got {n}")
     plans: list[StudentPlan] = []
     seen: set[str] = set()
-    for i, s in enumerate(body.students):
-        if not is_model(s.architecture):
+    checks = _check_students(body, card)
+    for i, (s, check) in enumerate(zip(body.students, checks)):
+        if not check.known:
             raise _invalid(
                 f"students[{i}].architecture: unknown architecture {s.architecture!r}; see GET /v1/architectures",
                 "unknown_architecture",
             )
         name = s.name if s.name is not None else default_student_name(s.architecture)
-        if not NAME_RE.match(name):
-            raise _invalid(
-                f"students[{i}].name: {name!r} is not a valid name "
-                "(1-64 characters from A-Z a-z 0-9 _ . -, not starting with '.')"
-            )
+        if not is_valid_student_name(name):
+            raise _invalid(f"students[{i}].name: {name!r} is not a valid name ({STUDENT_NAME_RULE})")
         if name in seen:
             raise _invalid(f"students[{i}].name: duplicate student name {name!r}")
         seen.add(name)
-        params = _check_student(s.architecture, dict(s.arch_kwargs), card)
-        plans.append(StudentPlan(name, s.architecture, dict(s.arch_kwargs), params))
+        if check.error is not None:
+            raise _invalid(f"student {s.architecture!r}: {check.error}", "invalid_student")
+        plans.append(StudentPlan(name, s.architecture, dict(s.arch_kwargs), check.parameters, check.cost))
     return plans
 
 
@@ -133,13 +114,11 @@ def _check_device(config: DistillConfig, settings: Settings) -> None:
 def _budget(body: JobCreate, config: DistillConfig, settings: Settings) -> Budget:
     if body.budget is None:
         return resolve_budget(config, None)
+    raw = body.budget.model_dump(exclude_none=True) if isinstance(body.budget, BaseModel) else body.budget
     try:
-        budget = Budget.model_validate(body.budget.model_dump(exclude_none=True))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        raise _invalid(f"budget{'.' + loc if loc else ''}: {msg}", "invalid_budget") from None
+        budget = parse_budget(raw)  # the library's one grammar, shared with `dfmscd distill --budget`
+    except DfmscdError as exc:
+        raise _invalid(str(exc), "invalid_budget") from None
     if budget.seconds is not None and budget.seconds > settings.max_job_seconds:
         raise _invalid(
             f"budget.seconds: {budget.seconds:g} s is over the service limit of {settings.max_job_seconds:g} s",
@@ -166,4 +145,5 @@ def plan_job(body: JobCreate, teacher: Teacher, settings: Settings) -> JobPlan:
     _check_device(config, settings)
     budget = _budget(body, config, settings)
     students = _students(body, card, settings)
-    return JobPlan(config=config, budget=budget, students=students, metadata=metadata)
+    slow = dominant_student_warning({s.name: s.cost for s in students})
+    return JobPlan(config=config, budget=budget, students=students, metadata=metadata, warnings=[slow] if slow else [])

@@ -11,8 +11,10 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import dfmscd
+from dfmscd_service.api import torch_pool
 from dfmscd_service.api.body_limit import BodySizeLimitMiddleware
 from dfmscd_service.api.dashboard import mount_dashboard
+from dfmscd_service.api.docs_ui import mount_docs
 from dfmscd_service.api.errors import CatchAllMiddleware, install_error_handlers
 from dfmscd_service.api.routes import architectures, downloads, events, health, jobs, teachers, webhooks
 from dfmscd_service.core.settings import get_settings
@@ -26,21 +28,18 @@ events, download the students. Every endpoint but the health probes needs
 `Authorization: Bearer <api key>`; errors answer `{"error": {"code", "message"}}`."""
 
 
-def _warm_zoo() -> None:
-    """Import torchvision's model list now rather than inside the first request that needs it."""
-    from dfmscd.models import list_models
-
-    list_models()
-
-
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     # The DB pool is sized from this (dfmscd_service/core/db.py): one connection per thread can never run out.
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
     await run_in_threadpool(prepare)
-    await run_in_threadpool(_warm_zoo)
+    # No torch here: the zoo, teacher checks and exports live in the torch pool (api/torch_pool.py),
+    # whose children start now in the background, so the web process stays small (docs/reliability.md).
+    if get_settings().api_torch_warm:
+        torch_pool.warm()
     yield
     await run_in_threadpool(architectures.stop_background)
+    await run_in_threadpool(torch_pool.shutdown)
 
 
 def create_app() -> FastAPI:
@@ -49,7 +48,10 @@ def create_app() -> FastAPI:
         version=dfmscd.__version__,
         description=DESCRIPTION,
         lifespan=_lifespan,
+        docs_url=None,  # served by mount_docs from vendored assets (no CDN)
+        redoc_url=None,  # ReDoc has no vendored copy: off rather than loading a CDN
     )
+    mount_docs(app, "dfmscd")
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=get_settings().max_json_body_bytes)
     app.add_middleware(CatchAllMiddleware)

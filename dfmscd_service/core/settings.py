@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     # The API's torch work (teacher checks, student plans, zoo listing, exports) runs in this many
     # spawned child processes (dfmscd_service/api/torch_pool.py), so the web process never imports torch.
     api_torch_processes: int = Field(1, ge=1, le=64)
+    api_torch_warm: bool = Field(True, description="start the torch processes with the API, not at the first upload")
     # Largest JSON request body (POST /v1/jobs); teacher uploads have their own caps above.
     max_json_body_bytes: int = Field(1024 * 1024, ge=1024)
     sse_poll_seconds: float = Field(0.5, gt=0)

@@ -22,6 +22,7 @@ from pathlib import Path
 from fastapi import APIRouter, Query
 
 from dfmscd.atomic import write_bytes_atomic
+from dfmscd_service.api import torch_checks, torch_pool
 from dfmscd_service.api.deps import CurrentKey
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api.routing import SessionReleasingRoute
@@ -38,20 +39,12 @@ _stop = threading.Event()
 REFERENCE = dict(num_classes=10, in_channels=3, image_size=32)
 
 
-def _count(name: str) -> int | None:
-    """dfmscd models are small: build them on the CPU. torchvision ones go on the meta device
-    (no memory; the first use costs seconds, which is why this runs in the background)."""
-    import torch
+COUNT_BATCH = 8  # names per trip to the torch pool, so an upload's check never waits long behind the counting
 
-    from dfmscd.models import count_parameters, create_model
 
-    try:
-        if not name.startswith(("tv/", "timm/")):
-            return count_parameters(create_model(name, **REFERENCE))
-        with torch.device("meta"):
-            return count_parameters(create_model(name, **REFERENCE))
-    except Exception:  # noqa: BLE001 - a model that cannot be built at the reference size
-        return None
+def _count_batch(names: list[str]) -> dict[str, int | None]:
+    """Parameter counts, computed in the torch pool (``torch_checks.count_parameters``)."""
+    return torch_pool.call(torch_checks.count_parameters, names, REFERENCE)
 
 
 def _cache_path() -> Path:
@@ -72,12 +65,15 @@ def _save_cache(counts: dict[str, int | None]) -> None:
 
 
 def _fill(names: list[str]) -> None:
-    for name in names:
+    for start in range(0, len(names), COUNT_BATCH):
         if _stop.is_set():
             return
-        value = _count(name)
+        try:
+            values = _count_batch(names[start:start + COUNT_BATCH])
+        except ApiError:  # the torch process died (logged there): leave these uncounted for now
+            return
         with _lock:
-            _counts[name] = value
+            _counts.update(values)
     with _lock:
         snapshot = dict(_counts)
     try:
@@ -121,17 +117,24 @@ def _families(value: str | None) -> tuple[str, ...]:
     return tuple(f for f in FAMILIES if f in wanted)
 
 
+_names: dict[str, list[str]] = {}  # family -> its names; a process's zoo never changes
+
+
+def _family_names(family: str) -> list[str]:
+    """One family's names, asked of the torch pool once per process (the first timm listing
+    imports timm there: seconds)."""
+    with _lock:
+        cached = _names.get(family)
+    if cached is None:
+        cached = torch_pool.call(torch_checks.model_names, family)
+        with _lock:
+            _names[family] = cached
+    return cached
+
+
 def _names_by_family(families: tuple[str, ...]) -> list[tuple[str, str]]:
     """(name, source) in answer order: the built-in zoo, then tv/, then timm/, each sorted."""
-    from dfmscd.models import list_models
-
-    own = list_models(include_torchvision=False)
-    out = [(n, "dfmscd") for n in own] if "dfmscd" in families else []
-    if "torchvision" in families:
-        out += [(n, "torchvision") for n in list_models() if n.startswith("tv/")]
-    if "timm" in families:
-        out += [(n, "timm") for n in list_models(include_torchvision=False, include_timm=True) if n.startswith("timm/")]
-    return out
+    return [(n, family) for family in FAMILIES if family in families for n in _family_names(family)]
 
 
 @router.get("", response_model=ArchitectureList, responses={c: {"model": ErrorBody} for c in (401, 422, 429)})

@@ -330,7 +330,8 @@ class Client:
         failures = 0
         reconnect_delay: float | None = None
         path = f"/v1/jobs/{_seg(job_id)}/events"
-        timeout = self._timeout if read_timeout is None else httpx.Timeout(self._timeout, read=read_timeout)
+        timeout = self._timeout if read_timeout is None else httpx.Timeout(**{**self._timeout.as_dict(),
+                                                                             "read": read_timeout})
         while True:
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
             if last is not None:

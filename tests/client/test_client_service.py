@@ -192,6 +192,15 @@ def test_teacher_upload_with_each_card_form_get_list_delete(api: Client, teacher
     assert not {t.id for t in made} & {t.id for t in api.list_teachers()}
 
 
+def test_upload_and_download_show_byte_bars_when_asked(api: Client, finished_job: Job, teacher_file: Path,
+                                                       tmp_path: Path, capsys) -> None:
+    t = api.upload_teacher(teacher_file, CARD, progress=True)
+    api.download_student(finished_job.id, "resnet8", tmp_path / "s.safetensors", progress=True)
+    err = capsys.readouterr().err
+    assert f"upload {teacher_file.name}" in err and "download s.safetensors" in err
+    api.delete_teacher(t.id)
+
+
 def test_upload_errors_map_to_their_classes(api: Client, teacher_file: Path, tmp_path: Path) -> None:
     with pytest.raises(E.InvalidCardError) as info:
         api.upload_teacher(teacher_file, {**CARD, "num_classes": "ten"})
@@ -237,7 +246,13 @@ def test_list_jobs_iterates_across_pages_and_filters(api_url: str, teacher_file:
 
 def test_cancel_a_queued_or_running_job_then_wait_for_it(api: Client, uploaded: Teacher, celery_worker) -> None:
     job = api.create_job(uploaded.id, ["resnet8"], preset="fast", budget="10000e", hyperparameters=TINY_HYPERPARAMETERS)
-    answer = api.cancel_job(job.id)
+    try:
+        with pytest.raises(E.WaitTimeoutError) as info:
+            api.wait(job.id, timeout=0)  # 10000 epochs: it cannot be over
+    finally:
+        answer = api.cancel_job(job.id)  # never leave the shared worker busy with it
+    assert isinstance(info.value, TimeoutError) and info.value.job_id == job.id
+    assert info.value.last_status in ("queued", "running")
     assert answer.id == job.id and answer.status in ("cancelled", "cancelling")
     assert api.wait(job.id).status == "cancelled"
 

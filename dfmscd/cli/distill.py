@@ -200,6 +200,24 @@ def _summary(result: Any, out: Path, files: dict[str, Any], wall: float) -> None
             print(f"  {key}: {out / files[key]}")
 
 
+def advice(teacher: Any, card: Any, students: list[Any]) -> list[str]:
+    """What the service also warns about: a card whose mean/std the teacher's BN statistics
+    contradict, and one student taking most of every shared KD step (dfmscd.normalisation, dfmscd.costs)."""
+    from dfmscd.costs import dominant_student_warning, estimate_cost
+    from dfmscd.engine.students import build_student
+    from dfmscd.normalisation import normalisation_warnings
+
+    out = normalisation_warnings(teacher, card)
+    costs: dict[str, int | None] = {}
+    for i, spec in enumerate(students):
+        if spec.architecture.startswith(("tv/", "timm/")):
+            costs[f"{spec.resolved_name}#{i}"] = None  # possibly large: not built twice just for an estimate
+        else:
+            costs[spec.resolved_name] = estimate_cost(build_student(spec, card.num_classes, card.input_shape), card.input_shape)
+    slow = dominant_student_warning(costs)
+    return out + ([slow] if slow else [])
+
+
 def run_distill(args: argparse.Namespace) -> int:
     from dfmscd.config import Budget
     from dfmscd.engine import Distiller
@@ -210,6 +228,8 @@ def run_distill(args: argparse.Namespace) -> int:
     budget = Budget.parse(args.budget) if args.budget else None
     card = read_card(args.card)
     teacher = load_teacher(args.teacher, card)
+    for warning in advice(teacher, card, students):
+        _log(f"warning: {warning}")
     out = _prepare_out(args.out)
     checkpoint = out / CHECKPOINT_NAME
     if checkpoint.exists() and not args.resume:

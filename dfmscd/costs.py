@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
 
 # A student is "dominant" when its estimated cost is at least this share of the whole step,
 # i.e. it costs at least twice all the other students together.
@@ -29,6 +30,8 @@ DOMINANT_SHARE = 2 / 3
 
 def estimate_cost(module: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """Activation elements written by the leaf layers in one forward pass of one image."""
+    import torch  # deferred on purpose: the web API imports dominant_student_warning and must not load torch
+
     total = [0]
 
     def hook(_m: nn.Module, _inp: object, out: object) -> None:
@@ -76,6 +79,8 @@ def measure_kd_step_ms(modules: Sequence[nn.Module], x: torch.Tensor, repeats: i
     The copies keep the students (weights, BN statistics, gradients) and the RNG streams untouched,
     so a run's results do not depend on being measured. One warm-up pass is not timed.
     """
+    import torch  # deferred on purpose, as in estimate_cost
+
     out: list[float] = []
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):

@@ -30,7 +30,7 @@ for extra in (ROOT, ROOT / "tests" / "api", ROOT / "tests" / "worker"):
         sys.path.insert(0, str(extra))
 
 from service_kit import require_service, wait_for  # noqa: E402
-from worker_kit import WorkerProcess, stop_process_group  # noqa: E402,F401  (WorkerProcess: for the fault tests)
+from worker_kit import PausePoint, WorkerProcess, stop_process_group  # noqa: E402,F401  (for the fault tests)
 
 
 def free_port() -> int:

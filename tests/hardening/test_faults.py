@@ -4,6 +4,11 @@ uvicorn, Celery workers, and storage on a small tmpfs (a real ENOSPC).
 The tests share one stack and run in file order; each leaves it healthy for the next:
 failing step (injected OOM) → SIGKILL + redelivery → PostgreSQL restart → Redis restart →
 disk full → API killed mid-upload.
+
+A fault "mid-job" happens while the job is held at a checkpoint by the workers' test pause
+point (``PausePoint``; ``dfmscd_service.worker.faults``), never while it merely "should still be
+running": no test here depends on how fast a job runs. Waits have generous bounds that only
+end a broken run; they assert nothing about speed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from faultkit import (
     ROOT,
     ApiProcess,
+    PausePoint,
     PrivatePostgres,
     PrivateRedis,
     WorkerProcess,
@@ -58,6 +64,7 @@ class Stack:
     api: ApiProcess
     http: httpx.Client
     logs: Path
+    pause: PausePoint
     workers: list[WorkerProcess] = field(default_factory=list)
     reference: dict[str, Any] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
@@ -91,18 +98,23 @@ class Stack:
             return None
         return r.json() if r.status_code == 200 else None
 
-    def submit(self, epochs: int, students: list[dict[str, Any]] | None = None) -> str:
+    def submit(self, epochs: int, students: list[dict[str, Any]] | None = None, pause_at: int | None = None) -> str:
+        """A job; ``pause_at``: held after its checkpoint at that epoch until ``pause.release``."""
         body = {"teacher_id": self.teacher["id"], "students": students or [{"architecture": "resnet8"}],
-                "preset": "fast", "budget": {"epochs": epochs}, "hyperparameters": TINY_HYPERPARAMETERS}
+                "preset": "fast", "budget": {"epochs": epochs}, "hyperparameters": TINY_HYPERPARAMETERS,
+                "metadata": {} if pause_at is None else PausePoint.metadata(pause_at)}
         return api_json(self.http, "POST", "/v1/jobs", json=body)["id"]
 
-    def wait_terminal(self, jid: str, timeout: float = 180) -> dict[str, Any]:
+    def wait_terminal(self, jid: str, timeout: float = 600) -> dict[str, Any]:
         return wait_for(lambda: (j := self.job(jid)) is not None and j["status"] in TERMINAL and j,
                         timeout, 0.2, what=f"job {jid} to finish")
 
-    def wait_epoch(self, jid: str, epoch: int, timeout: float = 120) -> dict[str, Any]:
-        return wait_for(lambda: (j := self.job(jid)) is not None and j["status"] == "running" and j["epoch"] >= epoch and j,
-                        timeout, 0.1, what=f"job {jid} running at epoch >= {epoch}")
+    def wait_held(self, jid: str, epoch: int) -> None:
+        """Until the job sits at its pause point, right after its checkpoint at ``epoch``."""
+        held = self.pause.wait_paused(jid, lambda: (j := self.job(jid)) and j["status"])
+        assert held["epoch"] == epoch, held
+        checkpoints = [e["epoch"] for e in self.events(jid) if e["kind"] == "checkpoint"]
+        assert checkpoints and checkpoints[-1] == epoch, checkpoints  # recorded before the hold
 
     def events(self, jid: str) -> list[dict[str, Any]]:
         return api_json(self.http, "GET", f"/v1/jobs/{jid}/events?limit=1000")["data"]
@@ -129,11 +141,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix="dfmscd-faults-data-"))
     mounted = mount_tmpfs(data_dir / "storage", STORAGE_TMPFS_BYTES)
     api = None
+    stack: Stack | None = None
     workers: list[WorkerProcess] = []
     try:
         pg.start()
         redis.start()
+        pause = PausePoint(logs / "pause")  # shared by every worker of the stack: a job is held once
         env = service_env(data_dir, pg.url, "", DFMSCD_BROKER_URL=redis.url, DFMSCD_QUEUE_NAME="distill",
+                          **pause.env,
                           # A message lost with Redis comes back fast, but not before a busy worker
                           # has started the child for a message it already holds (7.4 s measured under
                           # load; at 8 s the rescuer once re-sent and ran the OOM test's next job).
@@ -141,7 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                           DFMSCD_STALE_TEMP_SECONDS="1",
                           DFMSCD_FAULT_INJECT="oom_at_epoch:1:once")
         api = ApiProcess(env, logs / "api.log").launch()
-        stack = Stack(pg, redis, data_dir, env, api, httpx.Client(base_url=api.base_url, timeout=30), logs)
+        stack = Stack(pg, redis, data_dir, env, api, httpx.Client(base_url=api.base_url, timeout=30), logs, pause)
         stack.reference["tmpfs"] = mounted
         stack.worker("first").launch()
         # The rescuer consumes another queue (its orphan sweep re-sends there), so that the API's
@@ -169,6 +184,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if figures:
             Path(figures).write_text(json.dumps({k: v for k, v in stack.reference.items() if k != "shapes"}, indent=1))
     finally:
+        if stack is not None:
+            stack.pause.release_all()
         for w in workers:
             w.stop()
         if api is not None:
@@ -182,7 +199,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _assert_job_resources_freed(stack: Stack, jid: str) -> None:
-    wait_for(lambda: not (stack.data_dir / "jobs" / jid).exists(), 30, 0.1, what="the job's checkpoint dir to go")
+    wait_for(lambda: not (stack.data_dir / "jobs" / jid).exists(), 120, 0.1, what="the job's checkpoint dir to go")
     assert not (stack.storage / "jobs" / jid).exists() or not any((stack.storage / "jobs" / jid).rglob("*.safetensors"))
     assert temp_files(stack.storage, stack.data_dir / "tmp") == []
 
@@ -223,7 +240,8 @@ def test_sigkill_mid_job_resumes_once_and_duplicates_are_refused(stack: Stack, t
     first, rescuer = stack.workers[0], stack.workers[1]
     try:
         _sigkill_scenario(stack, first, rescuer, tmp_path)
-    finally:  # whatever happened, the next tests get exactly one worker on the API's queue
+    finally:  # whatever happened, the next tests get exactly one worker on the API's queue, not held
+        stack.pause.release_all()
         rescuer.stop()
         if not stack.live_workers():
             stack.worker("first-restarted").launch()
@@ -236,29 +254,27 @@ def _sigkill_scenario(stack: Stack, first: WorkerProcess, rescuer: WorkerProcess
     from dfmscd_service.core.settings import Settings
     from dfmscd_service.core.broker import TASK_NAME, make_celery
 
-    jid = stack.submit(epochs=40)
-    stack.wait_epoch(jid, 1)
+    # 40 epochs for the accuracy check below, not for the timing: the job is held at its epoch-2
+    # checkpoint from before the duplicates are sent until the kill.
+    jid = stack.submit(epochs=40, pause_at=2)
+    stack.wait_held(jid, 2)
     assert f"job {jid}: claimed" in first.full_log()
-    # Broker redelivery of the job's message, twice, to the other (idle) worker while attempt 1 runs.
+    # Broker redelivery of the job's message, twice, to the other (idle) worker while attempt 1 holds the lease.
     celery = make_celery(Settings(broker_url=stack.redis.url, broker_key_prefix="", queue_name=RESCUE_QUEUE))
     for _ in range(2):
         celery.send_task(TASK_NAME, args=[jid], queue=RESCUE_QUEUE)
-    wait_for(lambda: rescuer.full_log().count(f"job {jid}: not claimable") == 2, 60, 0.1,
+    wait_for(lambda: rescuer.full_log().count(f"job {jid}: not claimable") == 2, 300, 0.1,
              what="the other worker to refuse both duplicates")
-
-    def checkpointed() -> bool:
-        return any(e["kind"] == "checkpoint" and e["epoch"] >= 2 for e in stack.events(jid))
-
-    wait_for(checkpointed, 120, 0.1, what="a checkpoint at epoch >= 2")
+    assert stack.pause.is_paused(jid) and stack.job(jid)["status"] == "running"  # still held by attempt 1
     t_kill = time.monotonic()
-    first.kill_all()  # SIGKILL the worker's whole process group: main process and the job's child
+    first.kill_all()  # SIGKILL the worker's whole process group: main process and the held job's child
     assert stack.job(jid)["status"] == "running"
     restarted = stack.worker("first-restarted").launch()  # the same worker, restarted, for the next tests
 
     def attempt(n: int) -> bool:
         return any(e["data"].get("attempt") == n for e in stack.events(jid))
 
-    wait_for(lambda: attempt(2), 60, 0.1, what="attempt 2 (the orphan sweep re-sent the job)")
+    wait_for(lambda: attempt(2), 300, 0.1, what="attempt 2 (the orphan sweep re-sent the job)")
     stack.reference["resume_after_kill_s"] = time.monotonic() - t_kill
     job = stack.wait_terminal(jid)
     assert job["status"] == "succeeded", (job["error"], rescuer.log())
@@ -272,7 +288,7 @@ def _sigkill_scenario(stack: Stack, first: WorkerProcess, rescuer: WorkerProcess
     # claim, and attempt 2 continued from the checkpoint rather than starting over.
     after = events[starts[1][0]:]
     resumed = [e for e in after if e["kind"] == "log" and e["data"]["message"].startswith("resumed from")]
-    assert len(resumed) == 1 and resumed[0]["epoch"] >= 2
+    assert len(resumed) == 1 and resumed[0]["epoch"] == 2  # the checkpoint it was held (and killed) at
     assert not any(e["kind"] == "log" and e["data"]["message"].startswith("distilling into") for e in after)
     from_resume = after[after.index(resumed[0]):]
     assert all(e["epoch"] >= resumed[0]["epoch"] for e in from_resume)
@@ -293,11 +309,11 @@ def _sigkill_scenario(stack: Stack, first: WorkerProcess, rescuer: WorkerProcess
 # ----------------------------------------------------------------------------- PostgreSQL restart
 def test_postgres_restart_mid_job_job_finishes_not_stuck(stack: Stack) -> None:
     [worker] = stack.live_workers()
-    # long enough to still be computing while the database is away (a job at one torch thread
-    # runs several epochs a second, and 5 renewals take about 5 s)
-    epochs = 80
-    jid = stack.submit(epochs=epochs)
-    stack.wait_epoch(jid, 1)
+    # Held at its epoch-1 checkpoint while the database is away: the job is mid-run (its lease
+    # heartbeat failing) however fast it computes; released once the database is back.
+    epochs = 3
+    jid = stack.submit(epochs=epochs, pause_at=1)
+    stack.wait_held(jid, 1)
     offset = len(worker.log_path.read_bytes())
     t0 = time.monotonic()
     stack.pg.stop("fast")  # every connection dropped, server gone
@@ -307,11 +323,12 @@ def test_postgres_restart_mid_job_job_finishes_not_stuck(stack: Stack) -> None:
 
     try:
         # down for longer than the 4 s lease: the job's lease expires while the database is away
-        wait_for(lambda: renewals_failed() >= 5, 60, 0.1, what="5 failed lease renewals")
+        wait_for(lambda: renewals_failed() >= 5, 300, 0.1, what="5 failed lease renewals")
     finally:
         stack.pg.start()  # never leave the stack without its database for the tests after this one
+        stack.pause.release(jid)
     down_s = time.monotonic() - t0
-    job = stack.wait_terminal(jid, 180)
+    job = stack.wait_terminal(jid)
     assert job["status"] in ("succeeded", "failed"), job
     if job["status"] == "failed":
         assert job["error"]["code"] and job["error"]["message"], job
@@ -325,21 +342,27 @@ def test_postgres_restart_mid_job_job_finishes_not_stuck(stack: Stack) -> None:
 # ----------------------------------------------------------------------------- Redis restart
 def test_redis_restart_mid_job_running_and_queued_jobs_finish(stack: Stack) -> None:
     [worker] = stack.live_workers()
-    running = stack.submit(epochs=30)
-    stack.wait_epoch(running, 1)
-    queued = stack.submit(epochs=1)  # one worker, busy: this message waits in Redis
+    # Held at its epoch-1 checkpoint through the restart, so it is mid-run and the only worker
+    # is busy whatever the speed; released once Redis is back.
+    running = stack.submit(epochs=3, pause_at=1)
+    stack.wait_held(running, 1)
+    queued = stack.submit(epochs=1)  # one worker, busy with the held job: this message waits in Redis
     assert stack.job(queued)["status"] == "queued"
     t0 = time.monotonic()
-    stack.redis.stop()  # no persistence: the queued message is lost with it
-    stack.redis.start()
-    first = stack.wait_terminal(running, 120)
-    second = stack.wait_terminal(queued, 120)
+    try:
+        stack.redis.stop()  # no persistence: the queued message is lost with it
+        stack.redis.start()
+    finally:
+        stack.pause.release(running)
+    first = stack.wait_terminal(running)
+    second = stack.wait_terminal(queued)
     assert first["status"] == "succeeded", (first["error"], worker.log())
     assert second["status"] == "succeeded", (second["error"], worker.log())
     assert first["attempts"] == 1 and second["attempts"] == 1
+    assert first["epoch"] == 3
     stack.reference["redis_recovery_s"] = time.monotonic() - t0
     # the broker connection works again for new jobs
-    assert stack.wait_terminal(stack.submit(epochs=1), 120)["status"] == "succeeded"
+    assert stack.wait_terminal(stack.submit(epochs=1))["status"] == "succeeded"
 
 
 # ----------------------------------------------------------------------------- disk full
@@ -359,7 +382,7 @@ def test_disk_full_during_student_write_fails_cleanly(stack: Stack) -> None:
     try:
         jid = stack.submit(epochs=1, students=[{"architecture": "resnet8", "name": "a"},
                                                {"architecture": "resnet8", "name": "b"}])
-        job = stack.wait_terminal(jid, 120)
+        job = stack.wait_terminal(jid)
         assert job["status"] == "failed", (job, worker.log())
         assert job["error"]["code"] == "disk_full", job["error"]
         assert "no space left" in job["error"]["message"].lower()
@@ -368,7 +391,7 @@ def test_disk_full_during_student_write_fails_cleanly(stack: Stack) -> None:
     finally:
         filler.unlink()
     ok = stack.submit(epochs=1)
-    assert stack.wait_terminal(ok, 120)["status"] == "succeeded"
+    assert stack.wait_terminal(ok)["status"] == "succeeded"
 
 
 # ----------------------------------------------------------------------------- API restart mid-upload
@@ -408,7 +431,7 @@ def test_api_killed_mid_upload_leaves_nothing_and_keeps_teachers(stack: Stack) -
     def partial() -> list[Path]:
         return [p for p in tmp_dir.glob("upload-*.part") if p.stat().st_size >= 256 * 1024]
 
-    wait_for(partial, 60, 0.05, what="a partial upload on disk")
+    wait_for(partial, 300, 0.05, what="a partial upload on disk")
     stack.api.kill()  # SIGKILL mid-upload
     release.set()
     thread.join(60)

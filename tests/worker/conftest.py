@@ -13,4 +13,4 @@ from service_kit import (  # noqa: E402,F401  (fixtures)
     teacher,
     teacher_file,
 )
-from worker_kit import celery_worker  # noqa: E402,F401
+from worker_kit import celery_worker, pause_point  # noqa: E402,F401

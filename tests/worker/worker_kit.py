@@ -1,18 +1,25 @@
-"""A real ``celery worker`` in its own process group (so a test can SIGKILL all of it)."""
+"""A real ``celery worker`` in its own process group (so a test can SIGKILL all of it), and the
+test side of the worker's pause point (``PausePoint``), so that a test kills, restarts or cancels
+a job at an exact point instead of hoping it is still running."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from service_kit import ROOT, wait_for
+
+from dfmscd_service.worker.faults import PAUSE_ENV_VAR, PAUSE_METADATA_KEY, paused_marker, release_marker
+
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def stop_process_group(proc: subprocess.Popen[bytes] | None) -> bool:
@@ -77,11 +84,67 @@ class WorkerProcess:
             self._log.close()
 
 
+class PausePoint:
+    """Holds chosen jobs at a checkpoint (``dfmscd_service.worker.faults``, ``DFMSCD_TEST_PAUSE_DIR``).
+
+    Every worker that may run a held job (a rescuer included) gets ``env``; a job is chosen by
+    ``metadata(epoch)`` in its create request. ``wait_paused`` returns once the job sits right
+    after its checkpoint at epoch >= N (saved and recorded), ``release`` lets it go on. A job is
+    held once: the attempt that resumes it after a kill runs through.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {PAUSE_ENV_VAR: str(self.directory)}
+
+    @staticmethod
+    def metadata(epoch: int) -> dict[str, int]:
+        return {PAUSE_METADATA_KEY: epoch}
+
+    def is_paused(self, job_id: str) -> dict[str, Any] | None:
+        """The hook's marker (``job_id``, ``epoch``, ``pid``) once the job has been held."""
+        marker = paused_marker(self.directory, job_id)
+        return json.loads(marker.read_text()) if marker.exists() else None
+
+    def wait_paused(self, job_id: str, status: Callable[[], str | None] | None = None,
+                    timeout: float = 600) -> dict[str, Any]:
+        """Until the job is held; ``status`` (the job's status, or None when unknown) fails fast
+        when the job ended without pausing. ``timeout`` only bounds a broken run."""
+
+        def held() -> dict[str, Any] | None:
+            marker = self.is_paused(job_id)
+            if marker is None and status is not None:
+                current = status()
+                assert current not in TERMINAL, f"job {job_id} ended ({current}) without reaching its pause point"
+            return marker
+
+        return wait_for(held, timeout, 0.05, what=f"job {job_id} to be held at its pause point")
+
+    def release(self, job_id: str) -> None:
+        release_marker(self.directory, job_id).touch()
+
+    def release_all(self) -> None:
+        """Let every held job go on (a failed test must not leave a worker blocked for the next)."""
+        for marker in self.directory.glob("*.paused"):
+            self.release(marker.name.removesuffix(".paused"))
+
+
 @pytest.fixture(scope="session")
-def celery_worker(service: dict[str, str], client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def pause_point(tmp_path_factory: pytest.TempPathFactory) -> PausePoint:
+    """One pause directory for every worker of the session (held once per job across them)."""
+    return PausePoint(tmp_path_factory.mktemp("pause"))
+
+
+@pytest.fixture(scope="session")
+def celery_worker(service: dict[str, str], client: Any, pause_point: PausePoint,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     # Cancel poll 0: the worker reads the job's status before every step, so a cancel request
     # must stop it within one step (asserted in test_end_to_end.py).
-    env = {**service, "DFMSCD_CANCEL_POLL_SECONDS": "0"}
+    env = {**service, **pause_point.env, "DFMSCD_CANCEL_POLL_SECONDS": "0"}
     w = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log").start()
     try:
         yield w

@@ -101,7 +101,7 @@ def create_timm_model(name: str, num_classes: int, in_channels: int, image_size:
     check_timm_arguments(name, kwargs)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
-    except (TypeError, ValueError, AssertionError, KeyError) as exc:
+    except (TypeError, ValueError, AssertionError, KeyError, NotImplementedError) as exc:  # the model's own checks
         raise ConfigError(f"invalid arguments for timm/{name}: {exc}") from None
     side = input_side(name, image_size)
     model.register_forward_pre_hook(_resize_hook(side))

@@ -125,6 +125,13 @@ def test_a_job_from_the_form_runs_to_the_end_live_and_every_format_downloads(das
     dash.select("#budget-unit", "epochs")
     dash.fill("#job-seed", "3")
     dash.click("details summary")
+    # Refused by the API (the page cannot know every config field): its 422 is shown as it is.
+    dash.fill("#job-hyperparameters", json.dumps({**TINY_HYPERPARAMETERS, "no_such_field": 1}))
+    dash.click("#job-submit")
+    refused = _message(dash, "#job-message")
+    assert "no_such_field" in refused and refused.endswith("(invalid_config)"), refused
+    assert client.get("/v1/jobs", headers=auth).json()["data"] == []
+    # Fixed and sent again: a new request with a new Idempotency-Key (the old one would be a 409).
     dash.fill("#job-hyperparameters", json.dumps(TINY_HYPERPARAMETERS))
     dash.shoot("new-job")
     dash.click("#job-submit")

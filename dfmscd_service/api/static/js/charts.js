@@ -17,8 +17,8 @@ export function lineChart(container, seriesNames, {yLabel = "", digits = 3} = {}
     cursor: {drag: {x: false, y: false}},
     scales: {x: {time: false}},
     axes: [
-      {label: "epoch", size: 36, labelSize: 18},
-      {label: yLabel, size: 56, labelSize: 18, values: (u, ticks) => ticks.map((v) => +v.toPrecision(digits))},
+      {label: "epoch", size: 36, labelSize: 18, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]},
+      {label: yLabel, size: 56, labelSize: 18},
     ],
     series: [
       {label: "epoch"},

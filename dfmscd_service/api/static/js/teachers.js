@@ -56,7 +56,8 @@ export function cardFromForm(form, names) {
 function teacherRow(t) {
   const card = t.card || {};
   return h("tr", {dataset: {teacherId: t.id}},
-    h("td", {"data-label": "Teacher"}, h("code", {}, t.id), h("div", {class: "muted small"}, t.filename || "")),
+    h("td", {"data-label": "Teacher"}, h("span", {class: "cell-stack"}, h("code", {}, t.id),
+      h("span", {class: "muted small"}, t.filename || ""))),
     h("td", {"data-label": "Architecture"}, card.architecture),
     h("td", {"data-label": "Classes"}, card.num_classes),
     h("td", {"data-label": "Input"}, (card.input_shape || []).join("×")),

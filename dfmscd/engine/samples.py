@@ -16,7 +16,7 @@ def pick_samples(pool: ImagePool, per_class: int = 8) -> tuple[Tensor, Tensor]:
     images, labels = [], []
     for c in range(pool.num_classes):
         idx = torch.nonzero(argmax == c).flatten()[-per_class:]
-        images.append(pool.images[idx])
+        images.append(pool.gather(idx).cpu())  # the pool may live on the accelerator
         labels.append(torch.full((idx.numel(),), c, dtype=torch.int64))
     if not images:
         return torch.empty((0, *pool.image_shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)

@@ -82,27 +82,49 @@ class Principal:
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-def require_key(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    session: Session = Depends(get_session),
-) -> Principal:
+def authenticate(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    """The key check (401 naming what is wrong) and then the key's rate limit (429).
+
+    One indexed lookup per request, never cached: a revoked key must stop working at once,
+    including from another process (``dfmscd keys revoke``)."""
     if credentials is None:
         raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <api key>' header", _UNAUTHORIZED)
     if credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "unauthorized", "use 'Authorization: Bearer <api key>'", _UNAUTHORIZED)
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(credentials.credentials)))
+    row = session.execute(
+        select(ApiKey.id, ApiKey.owner_id, ApiKey.name, ApiKey.revoked_at)
+        .where(ApiKey.key_hash == hash_key(credentials.credentials))
+    ).first()
     if row is None:
         raise ApiError(401, "unauthorized", "invalid API key", _UNAUTHORIZED)
     if row.revoked_at is not None:
         raise ApiError(401, "unauthorized", "API key has been revoked", _UNAUTHORIZED)
     principal = Principal(key_id=row.id, owner_id=row.owner_id, name=row.name)
-    # End the read transaction so the pooled connection goes back now. Otherwise the request
-    # holds it while it waits for a threadpool thread to run its route, and under load (200
-    # clients) every thread ends up waiting for a connection held by a request waiting for a
-    # thread: a deadlock that only the pool's 30 s timeout breaks, with 500s.
-    session.rollback()
-    request.state.principal = principal
     # After the key check, so the counter is per known key and a wrong key is a 401, not a 429.
     enforce_rate_limit(principal.key_id)
     return principal
+
+
+def require_key(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    session: Session = Depends(get_session),
+) -> Principal:
+    # The rollback ends the read transaction so the pooled connection goes back now. Otherwise
+    # the request holds it while it waits for a threadpool thread to run its route, and under
+    # load (200 clients) every thread ends up waiting for a connection held by a request waiting
+    # for a thread: a deadlock that only the pool's 30 s timeout breaks, with 500s.
+    try:
+        principal = authenticate(session, credentials)
+    finally:
+        session.rollback()
+    request.state.principal = principal
+    return principal
+
+
+async def bearer_credentials(
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> HTTPAuthorizationCredentials | None:
+    """The raw ``Authorization`` header for routes that check the key themselves, in the same
+    thread trip and session as their query (``dfmscd_service.api.reads``)."""
+    return credentials

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
-from dfmscd_service.api.auth import Principal, require_key
+from dfmscd_service.api.auth import Principal, bearer_credentials, require_key
 from dfmscd_service.api.errors import not_found
 from dfmscd_service.api.pagination import is_valid_id
 from dfmscd_service.core.db import get_session
@@ -16,6 +17,8 @@ from dfmscd_service.core.models import Job, Teacher
 
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentKey = Annotated[Principal, Depends(require_key)]
+# For async routes that check the key in their own thread trip (dfmscd_service/api/reads.py).
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_credentials)]
 
 
 def get_owned_job(session: Session, principal: Principal, job_id: str) -> Job:

@@ -25,6 +25,14 @@ class PageParams:
         self.limit = limit
 
 
+async def page_params(
+    after: str | None = Query(None, pattern=_ID.pattern, description="cursor: the `next` of the previous page"),
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+) -> PageParams:
+    """``Depends(PageParams)`` for async routes: the same query parameters without a threadpool trip."""
+    return PageParams(after=after, limit=limit)
+
+
 def is_valid_id(value: str, prefix: str) -> bool:
     return bool(_ID.match(value)) and value.startswith(prefix + "_")
 

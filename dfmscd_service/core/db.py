@@ -33,8 +33,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        # SQLite connections are cheap files: no pool, so nothing to exhaust.
-        engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 30})
+        # Kept open: a new connection (a file open and four PRAGMAs) per session was most of an
+        # embedded poll's cost. Unbounded overflow, so there is still nothing to exhaust; up to
+        # api_threads + 2 stay open (one per thread, as for PostgreSQL). In-memory databases
+        # keep NullPool's semantics out of reach: each connection would be a different database.
+        sqlite_args = {"check_same_thread": False, "timeout": 30}
+        if ":memory:" in url or url in ("sqlite://", "sqlite:///"):
+            engine = create_engine(url, poolclass=NullPool, connect_args=sqlite_args)
+        else:
+            settings = get_settings()
+            engine = create_engine(url, pool_size=settings.db_pool_size or settings.api_threads + 2, max_overflow=-1,
+                                   connect_args=sqlite_args)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_job
+from dfmscd_service.api import reads
+from dfmscd_service.api.auth import Principal
+from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_job
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api import job_service
 from dfmscd_service.core.models import JOB_STATUSES, Job, JobStudent, utcnow
-from dfmscd_service.api.pagination import PageParams, keyset_page
+from dfmscd_service.api.pagination import PageParams, keyset_page, page_params
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, JobCreate, JobOut, Page
 from dfmscd_service.api.views import job_out
@@ -48,29 +51,35 @@ def create_job(
 
 
 @router.get("", response_model=Page[JobOut], responses=_ERRORS)
-def list_jobs(
-    principal: CurrentKey,
-    session: SessionDep,
-    page: PageParams = Depends(),
+async def list_jobs(
+    credentials: BearerCredentials,
+    page: PageParams = Depends(page_params),
     status: str | None = Query(
         None, pattern=_STATUS_LIST, description="comma-separated statuses to keep, e.g. `running,queued`"
     ),
-) -> Page[JobOut]:
-    q = select(Job).where(Job.owner_id == principal.owner_id)
+) -> Response:
+    wanted: list[str] = []
     if status:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
         bad = [s for s in wanted if s not in JOB_STATUSES]
         if bad or not wanted:
             raise ApiError(422, "validation_error", f"query status: unknown status {bad[0] if bad else status!r}; "
                            f"use {', '.join(JOB_STATUSES)}")
-        q = q.where(Job.status.in_(wanted))
-    rows, next_cursor = keyset_page(session, q, Job.id, page)
-    return Page[JobOut](data=[job_out(j) for j in rows], has_more=next_cursor is not None, next=next_cursor)
+
+    def read(session: Session, principal: Principal) -> Page[JobOut]:
+        q = select(Job).where(Job.owner_id == principal.owner_id)
+        if wanted:
+            q = q.where(Job.status.in_(wanted))
+        rows, next_cursor = keyset_page(session, q, Job.id, page)
+        return Page[JobOut](data=[job_out(j) for j in rows], has_more=next_cursor is not None, next=next_cursor)
+
+    return await reads.answer(credentials, read)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-def get_job(job_id: str, principal: CurrentKey, session: SessionDep) -> JobOut:
-    return job_out(get_owned_job(session, principal, job_id))
+async def get_job(job_id: str, credentials: BearerCredentials) -> Response:
+    """A job's status, progress, students and report (the poll: one thread trip, see api/reads.py)."""
+    return await reads.answer(credentials, lambda session, principal: job_out(get_owned_job(session, principal, job_id)))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)

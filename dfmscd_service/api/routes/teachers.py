@@ -11,12 +11,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from dfmscd_service.api.auth import lock_owner
-from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_teacher
+from dfmscd_service.api import reads
+from dfmscd_service.api.auth import Principal, lock_owner
+from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_teacher
 from dfmscd_service.core.db import session_factory
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.core.models import ACTIVE_STATUSES, Job, JobStudent, Teacher, new_id
-from dfmscd_service.api.pagination import PageParams, keyset_page
+from dfmscd_service.api.pagination import PageParams, keyset_page, page_params
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, Page, TeacherOut
 from dfmscd_service.core.settings import get_settings
@@ -214,14 +215,14 @@ async def upload_teacher(request: Request, principal: CurrentKey) -> TeacherOut:
 
 
 @router.get("", response_model=Page[TeacherOut], responses=_ERRORS)
-def list_teachers(
-    principal: CurrentKey,
-    session: SessionDep,
-    page: PageParams = Depends(),
-) -> Page[TeacherOut]:
-    q = select(Teacher).where(Teacher.owner_id == principal.owner_id)
-    rows, next_cursor = keyset_page(session, q, Teacher.id, page)
-    return Page[TeacherOut](data=[teacher_out(r) for r in rows], has_more=next_cursor is not None, next=next_cursor)
+async def list_teachers(credentials: BearerCredentials, page: PageParams = Depends(page_params)) -> Response:
+    def read(session: Session, principal: Principal) -> Page[TeacherOut]:  # one thread trip: api/reads.py
+        q = select(Teacher).where(Teacher.owner_id == principal.owner_id)
+        rows, next_cursor = keyset_page(session, q, Teacher.id, page)
+        return Page[TeacherOut](data=[teacher_out(r) for r in rows], has_more=next_cursor is not None,
+                                next=next_cursor)
+
+    return await reads.answer(credentials, read)
 
 
 @router.get("/{teacher_id}", response_model=TeacherOut, responses=_ERRORS)

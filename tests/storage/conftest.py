@@ -13,3 +13,4 @@ from service_kit import (  # noqa: E402,F401  (fixtures)
     service,
     teacher_file,
 )
+from worker_kit import pause_point  # noqa: E402,F401

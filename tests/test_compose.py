@@ -11,8 +11,8 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_names_the_four_services() -> None:
-    assert set(_compose()["services"]) == {"api", "worker", "redis", "postgres"}
+def test_compose_names_the_services() -> None:
+    assert set(_compose()["services"]) == {"api", "worker", "redis", "postgres", "minio", "minio-init"}
 
 
 def test_worker_reserves_a_gpu_and_consumes_the_distill_queue() -> None:
@@ -25,13 +25,34 @@ def test_worker_reserves_a_gpu_and_consumes_the_distill_queue() -> None:
     assert command[command.index("--concurrency") + 1] == "1"
 
 
-def test_api_and_worker_share_data_and_point_at_postgres_and_redis() -> None:
+def test_api_and_worker_share_only_postgres_redis_and_the_bucket() -> None:
     services = _compose()["services"]
+    minio = services["minio"]["environment"]
     for name in ("api", "worker"):
         env = services[name]["environment"]
         assert env["DFMSCD_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["DFMSCD_BROKER_URL"].startswith("redis://redis:")
-        assert any(v.split(":")[1] == env["DFMSCD_DATA_DIR"] for v in services[name]["volumes"])
+        assert env["DFMSCD_STORAGE_URL"].startswith("s3://")
+        assert env["DFMSCD_S3_ENDPOINT_URL"] == "http://minio:9000"
+        # the credentials boto3 reads are MinIO's root user
+        assert env["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+        assert services[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert services["api"]["environment"]["DFMSCD_STORAGE_URL"] == services["worker"]["environment"]["DFMSCD_STORAGE_URL"]
+    # no shared volume: a worker (scaled to N, on any host) needs none
+    assert "volumes" not in services["worker"]
+    api_volumes = {v.split(":")[0] for v in services["api"].get("volumes", [])}
+    others = {v.split(":")[0] for n, svc in services.items() if n != "api" for v in svc.get("volumes", [])}
+    assert not api_volumes & others
+
+
+def test_minio_init_creates_the_configured_bucket() -> None:
+    services = _compose()["services"]
+    bucket = services["api"]["environment"]["DFMSCD_STORAGE_URL"].removeprefix("s3://").split("/")[0]
+    script = " ".join(services["minio-init"]["entrypoint"])
+    assert f"mc mb --ignore-existing local/{bucket}" in script and "http://minio:9000" in script
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "9000" in services["api"]["environment"]["DFMSCD_S3_ENDPOINT_URL"]
 
 
 def test_compose_refers_to_modules_that_exist() -> None:

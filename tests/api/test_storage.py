@@ -63,3 +63,24 @@ def test_stale_temp_files_are_removed_and_fresh_ones_and_objects_kept(tmp_path):
     removed = remove_stale_temp_files([tmp, st.root], older_than_s=600)
     assert sorted(removed) == sorted(stale)
     assert fresh.exists() and st.open(kept.key).read() == b"w"
+
+
+def test_streamed_writer_commits_atomically_or_leaves_nothing(tmp_path):
+    from dfmscd_service.core.storage import local_copy
+
+    st = LocalStorage(tmp_path / "root")
+    w = st.open_writer("s/obj.bin")
+    for part in (b"abc", b"", b"def" * 1000):
+        w.write(part)
+    assert not st.exists("s/obj.bin")  # nothing visible before commit
+    obj = w.commit()
+    data = b"abc" + b"def" * 1000
+    assert obj.sha256 == hashlib.sha256(data).hexdigest() and obj.size_bytes == len(data)
+    assert b"".join(st.iter_bytes("s/obj.bin", 2, 5)) == data[2:7]
+    with local_copy(st, "s/obj.bin", tmp_path / "copies") as p:
+        assert p == st.local_path("s/obj.bin")  # on disk: the stored file itself, no copy
+    aborted = st.open_writer("s/obj.bin")
+    aborted.write(b"replacement that never lands")
+    aborted.abort()
+    assert st.open("s/obj.bin").read() == data  # the old object is intact
+    assert [p.name for p in (tmp_path / "root" / "s").iterdir()] == ["obj.bin"]  # no temp left

@@ -80,6 +80,24 @@ def _first_key_if_none() -> str | None:
         return secret
 
 
+def detect_worker_gpus(environ: dict[str, str] | None = None) -> int | None:
+    """The embedded worker runs on this machine: its GPU count, unless WORKER_GPUS is set.
+
+    Sets ``DFMSCD_WORKER_GPUS`` (read by the API and inherited by the worker) so that a job
+    asking for ``cuda`` on a CPU-only machine is refused at creation. Returns the count set, or
+    None when the operator's explicit value is kept.
+    """
+    env = os.environ if environ is None else environ
+    if "DFMSCD_WORKER_GPUS" in env:
+        return None
+    import torch  # deferred on purpose: only `serve` needs it, and only to count devices
+
+    count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    env["DFMSCD_WORKER_GPUS"] = str(count)
+    get_settings.cache_clear()
+    return count
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     """Run the API and one worker until interrupted. Returns the exit code."""
     import uvicorn
@@ -87,7 +105,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     from dfmscd_service.api.main import create_app
     from dfmscd_service.core.startup import prepare
 
+    gpus = detect_worker_gpus()
     settings = get_settings()
+    if gpus is not None:
+        print(f"dfmscd: the embedded worker has {gpus} GPU(s) (set DFMSCD_WORKER_GPUS to override)", flush=True)
     prepare(migrate=True)
     secret = _first_key_if_none()
     if secret:

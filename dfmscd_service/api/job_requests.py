@@ -7,8 +7,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-
 from dfmscd_service.api import torch_checks, torch_pool
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.core.models import Teacher
@@ -114,7 +112,7 @@ def _check_device(config: DistillConfig, settings: Settings) -> None:
 def _budget(body: JobCreate, config: DistillConfig, settings: Settings) -> Budget:
     if body.budget is None:
         return resolve_budget(config, None)
-    raw = body.budget.model_dump(exclude_none=True) if isinstance(body.budget, BaseModel) else body.budget
+    raw = body.budget
     try:
         budget = parse_budget(raw)  # the library's one grammar, shared with `dfmscd distill --budget`
     except DfmscdError as exc:

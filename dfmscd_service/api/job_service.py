@@ -63,6 +63,7 @@ def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobP
         epoch=0,
         attempts=0,
         enqueued_at=utcnow(),
+        warnings=plan.warnings or None,
     )
     job.students = [
         JobStudent(

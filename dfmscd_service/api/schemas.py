@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 # The job's public shape lives in core: the worker's webhooks carry it too.
+from dfmscd.names import STUDENT_NAME_RULE
 from dfmscd_service.core.job_view import ErrorDetail, JobOut, JobStatus, StudentOut
 
 T = TypeVar("T")
 
 __all__ = ["ErrorDetail", "JobOut", "JobStatus", "StudentOut"]  # re-exported for the routes
 StudentStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 
 
 class ErrorBody(BaseModel):
@@ -36,6 +36,8 @@ class TeacherOut(BaseModel):
     filename: str | None
     card: dict[str, Any]
     created_at: datetime
+    warnings: list[str] = Field(default_factory=list, description="advice found at upload, e.g. BatchNorm statistics "
+                                "that disagree with the card's mean/std; never an error")
 
 
 # --- jobs ---
@@ -43,15 +45,16 @@ class StudentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     architecture: str = Field(min_length=1, max_length=128)
-    name: str | None = Field(None, description="defaults to the architecture; [A-Za-z0-9_.-]{1,64}, not starting with '.'")
+    name: str | None = Field(None, description=f"defaults to the architecture; {STUDENT_NAME_RULE}")
     arch_kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
 
-class BudgetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int | None = None
-    seconds: float | None = None
+BUDGET_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "string", "examples": ["300s", "5m", "2h", "40e", "40 epochs"]},
+    {"type": "object", "additionalProperties": False,
+     "properties": {"seconds": {"type": "number", "exclusiveMinimum": 0}, "epochs": {"type": "integer", "minimum": 1}}},
+    {"type": "null"},
+]}
 
 
 class JobCreate(BaseModel):
@@ -61,7 +64,11 @@ class JobCreate(BaseModel):
     students: list[StudentIn]
     preset: str = "balanced"
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    budget: BudgetIn | None = None
+    # Any JSON here, parsed by the library's one grammar (dfmscd.config.parse_budget, as the CLI's
+    # --budget) so that every mistake gets its message with the expected shape, not a union error.
+    budget: Annotated[Any, WithJsonSchema(BUDGET_SCHEMA)] = Field(
+        None, description="'300s', '5m', '2h', '40e', '40 epochs', or {\"seconds\": N} / {\"epochs\": N}; "
+                          "a bare number is refused (seconds or epochs?); default: the preset's epochs")
     seed: int | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from dfmscd_service.core.models import Job, JobStudent
 
@@ -52,6 +52,8 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    warnings: list[str] = Field(default_factory=list, description="advice found at creation, e.g. one student "
+                                "taking most of every shared KD step; never an error")
 
 
 def _weights_url(job_id: str, s: JobStudent) -> str | None:
@@ -96,4 +98,5 @@ def job_out(job: Job) -> JobOut:
         updated_at=job.updated_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        warnings=list(job.warnings or []),
     )

@@ -84,6 +84,8 @@ class Teacher(Base):
     storage_key: Mapped[str] = mapped_column(String(255))
     card: Mapped[dict[str, Any]] = mapped_column(JSON)
     filename: Mapped[str | None] = mapped_column(String(255), default=None)
+    # Advice found at upload (e.g. BN statistics disagreeing with the card's mean/std); never errors.
+    warnings: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -113,6 +115,8 @@ class Job(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     samples_key: Mapped[str | None] = mapped_column(String(255), default=None)
     samples_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Advice found at creation (e.g. one student taking most of every shared step); never errors.
+    warnings: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     # Lease: who runs it and until when; renewed by the worker's heartbeat.
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -175,6 +179,7 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
 
 class WebhookEndpoint(Base):
     """Where a tenant wants job events POSTed; the secret signs them (kept as is: the service must sign)."""

@@ -6,9 +6,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
+from dfmscd.formats import MODEL_FORMATS, NATIVE_FORMAT, file_name
 from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_job
-from dfmscd_service.api.errors import ApiError, not_found
-from dfmscd_service.api.exports import SUFFIX, ensure_export
+from dfmscd_service.api.errors import ApiError
+from dfmscd_service.api.exports import ensure_export
 from dfmscd_service.core.models import Job, JobStudent
 from dfmscd_service.api.ranges import file_response
 from dfmscd_service.api.routing import SessionReleasingRoute
@@ -19,15 +20,26 @@ from dfmscd_service.api.views import student_detail
 router = APIRouter(prefix="/v1/jobs", tags=["students"], route_class=SessionReleasingRoute)
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 416, 422, 429)}
 _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
-_MEDIA = {"safetensors": "application/octet-stream", "onnx": "application/octet-stream",
-          "torchscript": "application/octet-stream"}
+FormatName = Literal[tuple(MODEL_FORMATS)]  # type: ignore[valid-type]  # the one table, dfmscd.formats
 
 
 def _student(job: Job, name: str) -> JobStudent:
     for s in job.students:
         if s.name == name:
             return s
-    raise not_found("student", name)
+    names = ", ".join(repr(s.name) for s in job.students)
+    raise ApiError(404, "not_found", f"student {name!r} not found in job {job.id!r}; its students are {names} "
+                   "(the URL takes the student's name, which defaults to its architecture)")
+
+
+def _no_weights(job: Job, name: str) -> ApiError:
+    """Why there is nothing to download: still running, failed, or cancelled before any weights."""
+    if job.status == "cancelled":
+        return ApiError(404, "not_ready", f"job {job.id!r} was cancelled before student {name!r} had weights; "
+                        "nothing was stored for it")
+    if job.status == "failed":
+        return ApiError(404, "not_ready", f"job {job.id!r} failed before student {name!r} had weights")
+    return ApiError(404, "not_ready", f"student {name!r} has no weights yet (job is {job.status})")
 
 
 @router.get("/{job_id}/students/{name}", response_model=StudentDetail, responses=_ERRORS)
@@ -49,20 +61,20 @@ def download_weights(
     name: str,
     principal: CurrentKey,
     session: SessionDep,
-    format: Literal["safetensors", "onnx", "torchscript"] = Query("safetensors"),
+    format: FormatName = Query(NATIVE_FORMAT),
 ) -> Response:
     """The student's weights; ETag is the file's sha256; Range requests supported."""
     job = get_owned_job(session, principal, job_id)
     student = _student(job, name)
     if not student.storage_key or not student.sha256:
-        raise ApiError(404, "not_ready", f"student {name!r} has no weights yet (job is {job.status})")
+        raise _no_weights(job, name)
     storage = get_storage()
     if format == "safetensors":
-        key, digest, filename = student.storage_key, student.sha256, f"{name}.safetensors"
+        key, digest = student.storage_key, student.sha256
     else:
         entry = ensure_export(session, storage, student, format)
-        key, digest, filename = entry["key"], entry["sha256"], f"{name}.{SUFFIX[format]}"
-    return file_response(request, storage, key, digest, _MEDIA[format], filename)
+        key, digest = entry["key"], entry["sha256"]
+    return file_response(request, storage, key, digest, "application/octet-stream", file_name(name, format))
 
 
 @router.get(
@@ -76,6 +88,8 @@ def download_samples(
     """A grid of synthesized images, a few per class (written when the job ends)."""
     job = get_owned_job(session, principal, job_id)
     if not job.samples_key:
+        if job.status in ("cancelled", "failed"):
+            raise ApiError(404, "not_ready", f"job {job_id!r} {job.status} before it wrote samples; there will be none")
         raise ApiError(404, "not_ready", f"job {job_id!r} has no samples yet (status {job.status})")
     storage = get_storage()
     digest = job.samples_sha256 or job.id

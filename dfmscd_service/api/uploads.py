@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Awaitable, Callable
 
+import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
@@ -261,5 +262,9 @@ async def receive_upload(
             extra_fields=sorted(set(rx.fields) - {CARD_FIELD}),
         )
     except BaseException:
-        rx.discard()
+        if rx.sink is not None:  # aborting a multipart upload is a request: off the loop, even if cancelled
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(rx.discard)
+        else:
+            rx.discard()
         raise

@@ -62,7 +62,7 @@ BODY_CASES = [
     ("budget-epochs-huge", dict(budget={"epochs": 10**30}), 422, "invalid_budget", "budget.epochs"),
     ("budget-epochs-negative", dict(budget={"epochs": -5}), 422, "invalid_budget", "budget.epochs"),
     ("budget-seconds-negative", dict(budget={"seconds": -1}), 422, "invalid_budget", "budget.seconds"),
-    ("budget-string", dict(budget="10 years"), 422, "validation_error", "budget"),
+    ("budget-string", dict(budget="10 years"), 422, "invalid_budget", "unknown unit 'years'; expected seconds"),
     ("metadata-5MB", dict(metadata={"blob": "x" * 5_000_000}), 413, "payload_too_large",
      "request body is larger than the limit of 1048576 bytes"),
     ("metadata-500kB", dict(metadata={"blob": "x" * 500_000}), 422, "validation_error", "metadata: 500011 bytes of JSON; the limit is 16384"),

@@ -90,9 +90,14 @@ def detect_worker_gpus(environ: dict[str, str] | None = None) -> int | None:
     env = os.environ if environ is None else environ
     if "DFMSCD_WORKER_GPUS" in env:
         return None
-    import torch  # deferred on purpose: only `serve` needs it, and only to count devices
-
-    count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    # Counted by torch in a child: this process becomes the API, which must not hold torch
+    # (~500 MiB, docs/reliability.md "A lean API"); the child's answer is torch's own view.
+    probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+        count = int(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        count = 0  # a machine whose torch cannot even say is treated as CPU-only
     env["DFMSCD_WORKER_GPUS"] = str(count)
     get_settings.cache_clear()
     return count

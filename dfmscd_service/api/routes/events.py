@@ -113,6 +113,7 @@ def list_events(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+    session.close()  # _fetch has its own session: never hold two pooled connections on one thread
     events, _, _ = _fetch(job_id, start, limit + 1)
     more = len(events) > limit
     events = events[:limit]

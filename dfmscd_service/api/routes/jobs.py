@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import update
 
 from dfmscd_service.api import reads
-from dfmscd_service.api.auth import Principal
+from dfmscd_service.api.job_reads import read_job, read_job_page
 from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_job
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api import job_service
 from dfmscd_service.core.models import JOB_STATUSES, Job, JobStudent, utcnow
-from dfmscd_service.api.pagination import PageParams, keyset_page, page_params
+from dfmscd_service.api.pagination import PageParams, page_params
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, JobCreate, JobOut, Page
 from dfmscd_service.api.views import job_out
@@ -66,20 +65,13 @@ async def list_jobs(
             raise ApiError(422, "validation_error", f"query status: unknown status {bad[0] if bad else status!r}; "
                            f"use {', '.join(JOB_STATUSES)}")
 
-    def read(session: Session, principal: Principal) -> Page[JobOut]:
-        q = select(Job).where(Job.owner_id == principal.owner_id)
-        if wanted:
-            q = q.where(Job.status.in_(wanted))
-        rows, next_cursor = keyset_page(session, q, Job.id, page)
-        return Page[JobOut](data=[job_out(j) for j in rows], has_more=next_cursor is not None, next=next_cursor)
-
-    return await reads.answer(credentials, read)
+    return await reads.answer(credentials, lambda session, principal: read_job_page(session, principal, page, wanted))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
 async def get_job(job_id: str, credentials: BearerCredentials) -> Response:
     """A job's status, progress, students and report (the poll: one thread trip, see api/reads.py)."""
-    return await reads.answer(credentials, lambda session, principal: job_out(get_owned_job(session, principal, job_id)))
+    return await reads.answer(credentials, lambda session, principal: read_job(session, principal, job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)

@@ -37,6 +37,7 @@ class MotoServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self._client: Any = None
 
     def _answers(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -69,11 +70,14 @@ class MotoServer:
             self.proc.wait(10)
 
     def client(self) -> Any:
+        """One boto3 client per server (making one costs a second on a busy machine)."""
         from dfmscd_service.core.storage_s3 import make_client
 
-        for k, v in CREDENTIALS.items():
-            os.environ.setdefault(k, v)
-        return make_client(self.url, timeout_s=5, max_attempts=2)
+        if self._client is None:
+            for k, v in CREDENTIALS.items():
+                os.environ.setdefault(k, v)
+            self._client = make_client(self.url, timeout_s=5, max_attempts=2)
+        return self._client
 
     def new_bucket(self) -> str:
         name = f"dfmscd-test-{secrets.token_hex(4)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from dfmscd_service.api.uploads import receive_upload
 from dfmscd_service.api.views import teacher_out
 from dfmscd.io.card import ModelCard
 
+log = logging.getLogger("dfmscd.api")
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"], route_class=SessionReleasingRoute)
 
 _UPLOAD_BODY = {
@@ -245,5 +247,8 @@ def delete_teacher(
         raise ApiError(409, "teacher_in_use", f"teacher {teacher_id!r} is used by {active} active job(s)")
     session.delete(row)
     session.commit()
-    get_storage().delete_prefix(teacher_prefix(teacher_id))
+    try:
+        get_storage().delete_prefix(teacher_prefix(teacher_id))
+    except StorageUnavailable:  # the row is gone, so is the teacher; its file is unreferenced debris
+        log.warning("teacher %s deleted; its file stays in the unreachable bucket", teacher_id)
     return Response(status_code=204)

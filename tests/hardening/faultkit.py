@@ -156,7 +156,7 @@ class ApiProcess:
         def ready() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log()
             try:
-                return httpx.get(self.base_url + "/healthz", timeout=2).status_code == 200
+                return httpx.get(self.base_url + "/healthz", timeout=30).status_code == 200  # a bound, not a speed check
             except httpx.HTTPError:
                 return False
 

@@ -75,7 +75,14 @@ class Stack:
         return self.data_dir / "storage"
 
     def worker(self, tag: str, queue: str = "distill") -> WorkerProcess:
-        w = WorkerProcess({**self.env, "DFMSCD_QUEUE_NAME": queue}, self.logs / f"worker-{tag}-{secrets.token_hex(2)}.log")
+        env = {**self.env, "DFMSCD_QUEUE_NAME": queue}
+        if queue == RESCUE_QUEUE:
+            # The rescuer's sweep re-sends orphans (lease expired) to its queue, but never a job
+            # that is merely queued: that one belongs to the first worker, however long that
+            # worker takes to start its next child (a shorter delay once let the rescuer take
+            # the OOM test's next job when a start-up under load took 7.4 s).
+            env["DFMSCD_REQUEUE_QUEUED_AFTER_SECONDS"] = "3600"
+        w = WorkerProcess(env, self.logs / f"worker-{tag}-{secrets.token_hex(2)}.log")
         self.workers.append(w)
         return w
 
@@ -149,10 +156,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pause = PausePoint(logs / "pause")  # shared by every worker of the stack: a job is held once
         env = service_env(data_dir, pg.url, "", DFMSCD_BROKER_URL=redis.url, DFMSCD_QUEUE_NAME="distill",
                           **pause.env,
-                          # A message lost with Redis comes back fast, but not before a busy worker
-                          # has started the child for a message it already holds (7.4 s measured under
-                          # load; at 8 s the rescuer once re-sent and ran the OOM test's next job).
-                          DFMSCD_REQUEUE_QUEUED_AFTER_SECONDS="20",
+                          # A message lost with Redis comes back after 5 s. The first worker's sweep
+                          # re-sends to its own queue, so an early re-send of a message it already
+                          # holds is only a duplicate it refuses (the rescuer never re-sends these).
+                          DFMSCD_REQUEUE_QUEUED_AFTER_SECONDS="5",
                           DFMSCD_STALE_TEMP_SECONDS="1",
                           DFMSCD_FAULT_INJECT="oom_at_epoch:1:once")
         api = ApiProcess(env, logs / "api.log").launch()
@@ -269,13 +276,15 @@ def _sigkill_scenario(stack: Stack, first: WorkerProcess, rescuer: WorkerProcess
     t_kill = time.monotonic()
     first.kill_all()  # SIGKILL the worker's whole process group: main process and the held job's child
     assert stack.job(jid)["status"] == "running"
-    restarted = stack.worker("first-restarted").launch()  # the same worker, restarted, for the next tests
 
     def attempt(n: int) -> bool:
         return any(e["data"].get("attempt") == n for e in stack.events(jid))
 
+    # Only the rescuer runs until attempt 2 has begun: its orphan sweep re-sends the job once the
+    # lease expires (a restarted first worker could otherwise win that sweep, or lose it, by speed).
     wait_for(lambda: attempt(2), 300, 0.1, what="attempt 2 (the orphan sweep re-sent the job)")
     stack.reference["resume_after_kill_s"] = time.monotonic() - t_kill
+    restarted = stack.worker("first-restarted").launch()  # the same worker, restarted, for the next tests
     job = stack.wait_terminal(jid)
     assert job["status"] == "succeeded", (job["error"], rescuer.log())
     assert job["attempts"] == 2 and job["epoch"] == 40

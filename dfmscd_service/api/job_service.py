@@ -17,7 +17,7 @@ from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api.job_requests import JobPlan, plan_job, request_hash
 from dfmscd_service.api.schemas import JobCreate
 from dfmscd_service.core.broker import BrokerUnavailable, enqueue_job
-from dfmscd_service.core.models import ACTIVE_STATUSES, IdempotencyKey, Job, JobStudent, Teacher, new_id, utcnow
+from dfmscd_service.core.models import ACTIVE_STATUSES, IdempotencyKey, Job, JobStatus, JobStudent, Teacher, new_id, utcnow
 from dfmscd_service.core.settings import get_settings
 from dfmscd_service.core.webhooks import record_job_event
 
@@ -53,7 +53,7 @@ def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobP
         id=new_id("job"),
         owner_id=principal.owner_id,
         teacher_id=teacher.id,
-        status="queued",
+        status=JobStatus.QUEUED,
         preset=body.preset,
         config=plan.config.model_dump(mode="json"),
         budget=plan.budget.model_dump(mode="json", exclude_none=True),
@@ -71,7 +71,7 @@ def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobP
             name=s.name,
             architecture=s.architecture,
             arch_kwargs=s.arch_kwargs,
-            status="queued",
+            status=JobStatus.QUEUED,
             partial=False,
             parameters=s.parameters,
             metrics={},
@@ -120,8 +120,8 @@ def create_job(session: Session, principal: Principal, body: JobCreate, idempote
     except BrokerUnavailable:
         failed = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == "queued")
-            .values(status="failed", error_code="broker_unavailable", error_message="the job queue is unreachable",
+            .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.FAILED, error_code="broker_unavailable", error_message="the job queue is unreachable",
                     finished_at=utcnow())
         ).rowcount  # type: ignore[attr-defined]
         if failed:

@@ -4,13 +4,11 @@ webhooks carry it, and the worker may not import the API."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from dfmscd_service.core.models import Job, JobStudent
-
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+from dfmscd_service.core.models import Job, JobStatus, JobStudent
 
 
 class ErrorDetail(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -23,9 +24,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "running", "cancelling")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class JobStatus(StrEnum):
+    """Where a job (or one of its students, which is never ``cancelling``) stands. A ``str``: rows,
+    JSON and comparisons with plain strings see the value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_STATUSES = tuple(JobStatus)
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 def utcnow() -> datetime:
@@ -101,7 +116,7 @@ class Job(Base):
     teacher_id: Mapped[str | None] = mapped_column(
         String(40), ForeignKey("teachers.id", ondelete="SET NULL"), index=True
     )
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     preset: Mapped[str] = mapped_column(String(32))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     budget: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -143,7 +158,7 @@ class JobStudent(Base):
     name: Mapped[str] = mapped_column(String(64))
     architecture: Mapped[str] = mapped_column(String(128))
     arch_kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     partial: Mapped[bool] = mapped_column(Boolean, default=False)
     parameters: Mapped[int | None] = mapped_column(BigInteger, default=None)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
-from dfmscd_service.core.models import Job, JobStudent, utcnow
+from dfmscd_service.core.models import Job, JobStatus, JobStudent, utcnow
 from dfmscd_service.core.webhooks import record_job_event
 
 
@@ -38,12 +38,12 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> bo
         .where(
             Job.id == job_id,
             or_(
-                Job.status == "queued",
-                and_(Job.status.in_(("running", "cancelling")), _expired(now)),
+                Job.status == JobStatus.QUEUED,
+                and_(Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)), _expired(now)),
             ),
         )
         .values(
-            status=case((Job.status == "queued", "running"), else_=Job.status),
+            status=case((Job.status == JobStatus.QUEUED, JobStatus.RUNNING), else_=Job.status),
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
@@ -56,12 +56,12 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> bo
     if claimed:
         session.execute(
             update(JobStudent)
-            .where(JobStudent.job_id == job_id, JobStudent.status == "queued")
-            .values(status="running")
+            .where(JobStudent.job_id == job_id, JobStudent.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING)
             .execution_options(synchronize_session=False)
         )
         first = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one()
-        if tuple(first) == ("running", 1):
+        if tuple(first) == (JobStatus.RUNNING, 1):
             record_job_event(session, job_id, "job.running")
     session.commit()
     return claimed
@@ -72,7 +72,7 @@ def renew(session: Session, job_id: str, owner: str, lease_seconds: float) -> bo
     now = utcnow()
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_(("running", "cancelling")))
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
@@ -94,7 +94,7 @@ def orphaned_job_ids(session: Session, now: datetime) -> list[str]:
     """Running/cancelling jobs whose lease ran out and that were not re-sent since."""
     rows = session.scalars(
         select(Job.id).where(
-            Job.status.in_(("running", "cancelling")),
+            Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
             Job.lease_expires_at < now,
             or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at),
         )
@@ -106,7 +106,7 @@ def stale_queued_job_ids(session: Session, older_than: datetime) -> list[str]:
     """Queued jobs whose message was sent long ago (a broker that lost it, a crash before claim)."""
     rows = session.scalars(
         select(Job.id).where(
-            Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < older_than)
+            Job.status == JobStatus.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < older_than)
         )
     )
     return list(rows)

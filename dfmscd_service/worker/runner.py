@@ -32,7 +32,7 @@ from dfmscd.errors import CardError, CheckpointError, ConfigError, DfmscdError
 from dfmscd.io import ModelCard, load_teacher
 from dfmscd.outputs import run_outputs
 from dfmscd_service.core.db import session_factory
-from dfmscd_service.core.models import Job, JobStudent, Teacher, utcnow
+from dfmscd_service.core.models import Job, JobStatus, JobStudent, Teacher, utcnow
 from dfmscd_service.core.settings import Settings, get_settings
 from dfmscd_service.core.storage import (
     Storage,
@@ -116,8 +116,8 @@ class CancelPoll:
             return
         if not owner_ok:
             self.lease_lost = True
-        self._answer = (not owner_ok) or status == "cancelling"
-        if status == "cancelling" and self.steps_after_request is None:
+        self._answer = (not owner_ok) or status == JobStatus.CANCELLING
+        if status == JobStatus.CANCELLING and self.steps_after_request is None:
             self.cancel_requested_at = requested_at
             if requested_at is not None:
                 t = requested_at.timestamp() if requested_at.tzinfo else requested_at.replace(tzinfo=timezone.utc).timestamp()
@@ -186,7 +186,7 @@ class JobRun:
                     update(Job)
                     .where(Job.id == self.job_id, Job.lease_owner == self.owner)
                     .values(status=status, lease_owner=None, lease_expires_at=None, finished_at=now,
-                            updated_at=now, eta_seconds=0.0 if status == "succeeded" else None, **job_values)
+                            updated_at=now, eta_seconds=0.0 if status == JobStatus.SUCCEEDED else None, **job_values)
                 )
                 if res.rowcount != 1:  # type: ignore[attr-defined]
                     s.rollback()
@@ -202,7 +202,7 @@ class JobRun:
     def fail(self, code: str, message: str) -> None:
         with self.sessions() as s:
             names = [n for (n,) in s.query(JobStudent.name).filter(JobStudent.job_id == self.job_id)]
-        self._finish("failed", {n: {"status": "failed"} for n in names}, error_code=code, error_message=message)
+        self._finish(JobStatus.FAILED, {n: {"status": JobStatus.FAILED} for n in names}, error_code=code, error_message=message)
 
     def discard_files(self) -> None:
         """Best effort: remove this attempt's results (storage may be the reason it failed)."""
@@ -248,7 +248,7 @@ class JobRun:
         # before its event is recorded (first callback), so any host can resume the job.
         mirror = CheckpointMirror.for_run(self.storage, self.job_id, job_dir / "checkpoint.pt",
                                           lambda: should_cancel.hb.lost)
-        if status_at_start == "cancelling":
+        if status_at_start == JobStatus.CANCELLING:
             recorder.log("cancel requested before this attempt started")
         callbacks: list[Callable[[Any], None]] = [recorder] if mirror is None else [mirror, recorder]
         injected = fault_callback(self.job_id, self.settings.data_dir)  # tests only; None unless configured
@@ -282,7 +282,7 @@ class JobRun:
             self.written.append(key)
             info = report_students.get(name, {})
             students[name] = {
-                "status": "succeeded" if not partial else "cancelled",
+                "status": JobStatus.SUCCEEDED if not partial else JobStatus.CANCELLED,
                 "partial": partial,
                 "storage_key": stored.key,
                 "sha256": stored.sha256,
@@ -297,7 +297,7 @@ class JobRun:
             stored = self.storage.write(skey, output.write)
             self.written.append(skey)
             samples_values = {"samples_key": stored.key, "samples_sha256": stored.sha256}
-        final_status = "succeeded" if not partial else "cancelled"
+        final_status = JobStatus.SUCCEEDED if not partial else JobStatus.CANCELLED
         if partial and should_cancel.steps_after_request is not None:
             recorder.log(
                 f"stopped {should_cancel.steps_after_request} step(s) after the cancel request",
@@ -337,7 +337,7 @@ def run_job(job_id: str) -> str:
     hb = Heartbeat(sessions, job_id, owner, settings)
     hb.start()
     run = JobRun(job_id, owner, settings, get_storage(), sessions)
-    outcome = "failed"
+    outcome = JobStatus.FAILED
     try:
         recorder = EventRecorder(sessions, job_id, owner)
         # The attempt record: with every event written only under the lease, the claims in a
@@ -366,7 +366,7 @@ def run_job(job_id: str) -> str:
             except LeaseLost:
                 return "lease_lost"
             run.clean_scratch()
-            return "failed"
+            return JobStatus.FAILED
         run.clean_scratch()
         return outcome
     finally:

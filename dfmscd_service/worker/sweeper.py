@@ -15,7 +15,7 @@ from sqlalchemy import and_, or_
 
 from dfmscd_service.core.broker import enqueue_job, purge_delivered_messages
 from dfmscd_service.core.db import session_factory
-from dfmscd_service.core.models import Job, utcnow
+from dfmscd_service.core.models import Job, JobStatus, utcnow
 from dfmscd_service.core.settings import get_settings
 from dfmscd_service.worker.lease import mark_enqueued, orphaned_job_ids, stale_queued_job_ids
 
@@ -29,12 +29,12 @@ def sweep_once() -> list[str]:
     sent: list[str] = []
     with session_factory()() as session:
         orphan_cond = and_(
-            Job.status.in_(("running", "cancelling")),
+            Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
             Job.lease_expires_at < now,
             or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.lease_expires_at),
         )
         stale_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
-        queued_cond = and_(Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before))
+        queued_cond = and_(Job.status == JobStatus.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before))
         candidates = [(j, orphan_cond) for j in orphaned_job_ids(session, now)]
         candidates += [(j, queued_cond) for j in stale_queued_job_ids(session, stale_before)]
         for job_id, cond in candidates:

@@ -10,7 +10,7 @@ from dfmscd.formats import MODEL_FORMATS, NATIVE_FORMAT, file_name
 from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_job
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api.exports import ensure_export
-from dfmscd_service.core.models import Job, JobStudent
+from dfmscd_service.core.models import Job, JobStatus, JobStudent
 from dfmscd_service.api.ranges import file_response
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, StudentDetail
@@ -34,10 +34,10 @@ def _student(job: Job, name: str) -> JobStudent:
 
 def _no_weights(job: Job, name: str) -> ApiError:
     """Why there is nothing to download: still running, failed, or cancelled before any weights."""
-    if job.status == "cancelled":
+    if job.status == JobStatus.CANCELLED:
         return ApiError(404, "not_ready", f"job {job.id!r} was cancelled before student {name!r} had weights; "
                         "nothing was stored for it")
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
         return ApiError(404, "not_ready", f"job {job.id!r} failed before student {name!r} had weights")
     return ApiError(404, "not_ready", f"student {name!r} has no weights yet (job is {job.status})")
 
@@ -88,7 +88,7 @@ def download_samples(
     """A grid of synthesized images, a few per class (written when the job ends)."""
     job = get_owned_job(session, principal, job_id)
     if not job.samples_key:
-        if job.status in ("cancelled", "failed"):
+        if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
             raise ApiError(404, "not_ready", f"job {job_id!r} {job.status} before it wrote samples; there will be none")
         raise ApiError(404, "not_ready", f"job {job_id!r} has no samples yet (status {job.status})")
     storage = get_storage()

@@ -10,7 +10,7 @@ from dfmscd_service.api.job_reads import read_job, read_job_page
 from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_job
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api import job_service
-from dfmscd_service.core.models import JOB_STATUSES, Job, JobStudent, utcnow
+from dfmscd_service.core.models import JOB_STATUSES, Job, JobStatus, JobStudent, utcnow
 from dfmscd_service.api.pagination import PageParams, page_params
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, JobCreate, JobOut, Page
@@ -83,21 +83,21 @@ def cancel_job(
     now = utcnow()
     done = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.status == "queued")
-        .values(status="cancelled", cancel_requested_at=now, finished_at=now, updated_at=now)
+        .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested_at=now, finished_at=now, updated_at=now)
     ).rowcount  # type: ignore[attr-defined]
     if done:
-        session.execute(update(JobStudent).where(JobStudent.job_id == job.id).values(status="cancelled"))
+        session.execute(update(JobStudent).where(JobStudent.job_id == job.id).values(status=JobStatus.CANCELLED))
         record_job_event(session, job.id, "job.cancelled")  # committed with the cancel, or not at all
     else:
         session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == "running")
-            .values(status="cancelling", cancel_requested_at=now, updated_at=now)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.CANCELLING, cancel_requested_at=now, updated_at=now)
         )
     session.commit()
     session.expire_all()
     job = get_owned_job(session, principal, job_id)
-    if job.status in ("succeeded", "failed"):
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise ApiError(409, "job_finished", f"job {job_id!r} already {job.status}")
     return job_out(job)

@@ -3,38 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
-from dfmscd_service.api import reads
-from dfmscd_service.api.auth import Principal, lock_owner
+from dfmscd_service.api import reads, teacher_service
+from dfmscd_service.api.auth import Principal
 from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_teacher
-from dfmscd_service.core.db import session_factory
 from dfmscd_service.api.errors import ApiError
-from dfmscd_service.core.models import ACTIVE_STATUSES, Job, JobStudent, Teacher, new_id
+from dfmscd_service.core.models import ACTIVE_STATUSES, Job, Teacher
 from dfmscd_service.api.pagination import PageParams, keyset_page, page_params
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, Page, TeacherOut
-from dfmscd_service.core.settings import get_settings
-from dfmscd_service.core.storage import (
-    ObjectWriter,
-    Storage,
-    StorageUnavailable,
-    get_storage,
-    local_copy,
-    teacher_key,
-    teacher_prefix,
-)
-from dfmscd_service.api.teacher_validation import check_card, sniff_format, sniff_head, validate_teacher
-from dfmscd_service.api.uploads import receive_upload
+from dfmscd_service.core.storage import StorageUnavailable, get_storage, teacher_prefix
 from dfmscd_service.api.views import teacher_out
-from dfmscd.io.card import ModelCard
 
 log = logging.getLogger("dfmscd.api")
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"], route_class=SessionReleasingRoute)
@@ -59,161 +42,10 @@ _UPLOAD_BODY = {
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 413, 415, 422, 429)}
 
 
-def _clean_filename(name: str | None) -> str | None:
-    """The client's file name, for display only: no directories, no control characters."""
-    if not name:
-        return None
-    base = "".join(ch for ch in name.replace("\\", "/").rsplit("/", 1)[-1] if ch.isprintable())
-    return base[:255] or None
-
-
-def storage_used(session: Session, owner_id: str) -> int:
-    """Bytes an owner keeps in storage: teachers plus stored students."""
-    t = session.scalar(select(func.coalesce(func.sum(Teacher.size_bytes), 0)).where(Teacher.owner_id == owner_id)) or 0
-    s = session.scalar(
-        select(func.coalesce(func.sum(JobStudent.size_bytes), 0))
-        .join(Job, Job.id == JobStudent.job_id)
-        .where(Job.owner_id == owner_id)
-    ) or 0
-    return int(t) + int(s)
-
-
-def _check_quota(session: Session, owner_id: str, extra: int) -> None:
-    limit = get_settings().max_storage_bytes_per_key
-    if not limit:
-        return
-    used = storage_used(session, owner_id)
-    if used + extra > limit:
-        raise ApiError(413, "storage_quota_exceeded", f"storage quota of {limit} bytes would be exceeded ({used} used)")
-
-
-def _precheck_quota(owner_id: str, extra: int) -> None:
-    """Refuse early, before the file is stored; the binding check is the locked one in ``_insert``."""
-    with session_factory()() as session:
-        _check_quota(session, owner_id, extra)
-
-
-class _StreamedTeacher:
-    """Remote storage: the upload streams straight to its final key, chosen from its first bytes."""
-
-    def __init__(self, storage: Storage, teacher_id: str) -> None:
-        self.storage, self.teacher_id, self.fmt = storage, teacher_id, ""
-
-    def open(self, filename: str | None, head: bytes) -> ObjectWriter:
-        self.fmt = sniff_head(head, filename)
-        return self.storage.open_writer(teacher_key(self.teacher_id, self.fmt))
-
-
-async def _validate_stored(storage: Storage, key: str, fmt: str, card: ModelCard, display_name: str | None) -> Any:
-    """``validate_teacher`` on a temp copy downloaded from remote storage (removed afterwards)."""
-    settings = get_settings()
-    copy = local_copy(storage, key, settings.tmp_dir, ".safetensors" if fmt == "safetensors" else ".pt")
-    path = await run_in_threadpool(copy.__enter__)
-    try:
-        return await validate_teacher(path, card, max(settings.max_upload_bytes, 1), display_name)
-    finally:
-        await run_in_threadpool(copy.__exit__, None, None, None)
-
-
-def _storage_unavailable() -> ApiError:
-    return ApiError(503, "storage_unavailable", "object storage is unreachable; nothing was stored, try again later",
-                    {"Retry-After": "5"})
-
-
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra=_UPLOAD_BODY, responses=_ERRORS)
 async def upload_teacher(request: Request, principal: CurrentKey) -> TeacherOut:
     """Upload a teacher: multipart fields ``file`` (weights) and ``card`` (model card JSON)."""
-    settings = get_settings()
-    checked: list[ModelCard] = []
-
-    async def on_card(raw: bytes) -> None:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(422, "invalid_card", "model card is not UTF-8 text") from None
-        checked.append(await check_card(text))
-
-    storage = get_storage()
-    teacher_id = new_id("tch")
-    streamed = _StreamedTeacher(storage, teacher_id) if storage.remote else None
-    try:
-        upload = await receive_upload(
-            request, settings.tmp_dir, settings.max_upload_bytes, settings.max_card_bytes, on_card=on_card,
-            open_sink=streamed.open if streamed is not None else None,
-        )
-    except StorageUnavailable:
-        raise _storage_unavailable() from None
-    path: Path | None = upload.path
-    kept = False  # a streamed upload is already stored: it stays only if its row is committed
-    try:
-        if upload.extra_fields:
-            raise ApiError(422, "validation_error", f"unexpected form field(s): {', '.join(upload.extra_fields)}")
-        if upload.size_bytes == 0:
-            raise ApiError(422, "invalid_checkpoint", "the weights file is empty")
-        card = checked[0] if checked else await check_card(upload.card_text)
-        if upload.path is not None:
-            fmt = sniff_format(upload.path, upload.filename)
-            typed = upload.path.with_name(upload.path.stem + (".safetensors" if fmt == "safetensors" else ".pt"))
-            os.replace(upload.path, typed)
-            path = typed
-            # torch loads and builds it in the torch pool, never in this process (dfmscd_service/api/torch_pool.py)
-            validation = await validate_teacher(typed, card, max(settings.max_upload_bytes, 1), _clean_filename(upload.filename))
-        else:  # streamed to remote storage: validated from a downloaded temp copy
-            assert upload.stored is not None and streamed is not None
-            fmt = streamed.fmt
-            validation = await _validate_stored(storage, upload.stored.key, fmt, card, _clean_filename(upload.filename))
-        await run_in_threadpool(_precheck_quota, principal.owner_id, upload.size_bytes)
-
-        key = teacher_key(teacher_id, fmt)
-        if upload.stored is None:
-            stored = await run_in_threadpool(storage.put_file, key, typed)
-        else:
-            stored = upload.stored
-        path = None  # moved into storage
-        if stored.sha256 != upload.sha256:  # the file changed under us: refuse rather than lie
-            storage.delete_prefix(teacher_prefix(teacher_id))
-            raise ApiError(500, "internal_error", "stored file does not match the upload")
-        row = Teacher(
-            id=teacher_id,
-            owner_id=principal.owner_id,
-            sha256=upload.sha256,
-            size_bytes=upload.size_bytes,
-            file_format=fmt,
-            storage_key=key,
-            card=validation.card,
-            filename=_clean_filename(upload.filename),
-            warnings=list(validation.warnings) or None,
-        )
-
-        def _insert() -> Teacher:
-            with session_factory()() as session:
-                try:
-                    if get_settings().max_storage_bytes_per_key:
-                        # Simultaneous uploads all pass the early check; under the owner's lock
-                        # exactly those that fit are committed (the lock ends with the commit).
-                        lock_owner(session, principal.owner_id)
-                        _check_quota(session, principal.owner_id, upload.size_bytes)
-                    session.add(row)
-                    session.commit()
-                except BaseException:
-                    session.rollback()
-                    storage.delete_prefix(teacher_prefix(teacher_id))  # this upload's own folder
-                    raise
-                return row
-
-        out = teacher_out(await run_in_threadpool(_insert))
-        kept = True
-        return out
-    except StorageUnavailable:
-        raise _storage_unavailable() from None
-    finally:
-        if path is not None:
-            path.unlink(missing_ok=True)
-        if upload.stored is not None and not kept:
-            try:
-                await run_in_threadpool(storage.delete_prefix, teacher_prefix(teacher_id))
-            except StorageUnavailable:  # the object is not referenced by any row: harmless debris
-                pass
+    return teacher_out(await teacher_service.upload_teacher(request, principal))
 
 
 @router.get("", response_model=Page[TeacherOut], responses=_ERRORS)

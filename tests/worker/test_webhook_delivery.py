@@ -32,6 +32,14 @@ def _for_job(reqs: list[Received], path: str, job_id: str) -> list[Received]:
     return [r for r in reqs if r.path == path and json.loads(r.body)["data"]["id"] == job_id]
 
 
+def _finished(log: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    return log if log and all(d["status"] != "pending" for d in log) else None
+
+
+def _disabled(endpoint: dict[str, Any]) -> dict[str, Any] | None:
+    return endpoint if not endpoint["enabled"] else None
+
+
 class Hooks:
     def __init__(self, client: Any, headers: dict[str, str], receiver: Receiver, teacher_id: str) -> None:
         self.client, self.headers, self.receiver = client, headers, receiver
@@ -98,8 +106,8 @@ def test_running_and_succeeded_arrive_signed_with_the_job(hooks, celery_worker):
             Webhook(secret).verify(r.body.replace(b"succeeded", b"failed").replace(b"running", b"queued"), r.headers)
         with pytest.raises(WebhookVerificationError):
             Webhook("whsec_" + "QUJD" * 8).verify(r.body, r.headers)
-    log = wait_for(lambda: (d := hooks.deliveries("ok")) if all(x["status"] != "pending" for x in d) else None,
-                   TIMEOUT, what="both deliveries to be recorded")  # the log is written after the answer
+    log = wait_for(lambda: _finished(hooks.deliveries("ok")), TIMEOUT,
+                   what="both deliveries to be recorded")  # the log is written after the answer
     assert {d["id"] for d in log} == {r.headers["webhook-id"] for r in reqs}
     assert all(d["status"] == "succeeded" and d["attempts"] == 1 and d["next_attempt_at"] is None for d in log)
     assert [a["status_code"] for d in log for a in d["attempt_log"]] == [200, 200]
@@ -122,8 +130,7 @@ def test_a_500_is_retried_with_the_same_message_until_it_succeeds(hooks):
 
 
 def test_an_endpoint_that_keeps_failing_is_disabled(hooks):
-    endpoint = wait_for(lambda: (e := hooks.endpoint("down")) if not e["enabled"] else None, TIMEOUT,
-                        what="the failing endpoint to be disabled")
+    endpoint = wait_for(lambda: _disabled(hooks.endpoint("down")), TIMEOUT, what="the failing endpoint to be disabled")
     assert "3 failed attempts in a row" in endpoint["disabled_reason"] and endpoint["consecutive_failures"] == 3
     [delivery] = hooks.deliveries("down")
     # Given up at the 3rd failure although the schedule allows 5 attempts.
@@ -148,7 +155,8 @@ def test_rotation_changes_the_signing_secret(hooks):
     new = r.json()["secret"]
     seen = {req.headers["webhook-id"] for req in hooks.receiver.received("/ok")}
     with session_scope() as s:  # the outbox write the worker makes when a job ends, once more
-        assert record_job_event(s, hooks.job_id, "job.succeeded") == 1
+        # ok and flaky: the two disabled endpoints get no new events
+        assert record_job_event(s, hooks.job_id, "job.succeeded") == 2
     fresh = hooks.receiver.wait_for(
         lambda reqs: [q for q in reqs if q.path == "/ok" and q.headers["webhook-id"] not in seen], TIMEOUT,
         "a delivery signed after the rotation")[0]

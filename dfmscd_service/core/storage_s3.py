@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from dfmscd_service.core.settings import Settings
@@ -52,6 +52,9 @@ def _call(what: str, fn: Callable[[], T]) -> T:
             raise FileNotFoundError(what) from None
         msg = f"object storage refused {what}: {code} {err.get('Message', '')}".strip()
         raise (StorageUnavailable if status >= 500 else StorageError)(msg) from None
+    except NoCredentialsError:  # a configuration error, not an outage: say so
+        raise StorageError(f"object storage refused {what}: no credentials (set AWS_ACCESS_KEY_ID/"
+                           "AWS_SECRET_ACCESS_KEY or another source boto3 reads)") from None
     except (BotoCoreError, Urllib3Error, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise

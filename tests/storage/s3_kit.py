@@ -71,12 +71,16 @@ class MotoServer:
 
     def client(self) -> Any:
         """One boto3 client per server (making one costs a second on a busy machine)."""
-        from dfmscd_service.core.storage_s3 import make_client
+        import boto3
+        from botocore.config import Config
 
-        if self._client is None:
-            for k, v in CREDENTIALS.items():
-                os.environ.setdefault(k, v)
-            self._client = make_client(self.url, timeout_s=5, max_attempts=2)
+        if self._client is None:  # credentials passed here: this process's environment stays as it was
+            session = boto3.session.Session(aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                                            region_name=CREDENTIALS["AWS_DEFAULT_REGION"])
+            config = Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                            connect_timeout=5, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
+            self._client = session.client("s3", endpoint_url=self.url, config=config)
         return self._client
 
     def new_bucket(self) -> str:

@@ -105,9 +105,11 @@ def test_presigned_url_serves_the_object(st):
         assert 'filename="x.bin"' in r.headers["Content-Disposition"]
 
 
-def test_an_unreachable_server_raises_storage_unavailable(s3_bucket, tmp_path):
-    from s3_kit import free_port
+def test_an_unreachable_server_raises_storage_unavailable(s3_bucket, tmp_path, monkeypatch):
+    from s3_kit import CREDENTIALS, free_port
 
+    for k, v in CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
     dead = S3Storage(s3_bucket, "x", make_client(f"http://127.0.0.1:{free_port()}", 2, 1), 5 * MiB, tmp_path)
     with pytest.raises(StorageUnavailable):
         dead.exists("a")
@@ -118,3 +120,17 @@ def test_an_unreachable_server_raises_storage_unavailable(s3_bucket, tmp_path):
 def _file(path, data):
     path.write_bytes(data)
     return path
+
+
+def test_missing_credentials_are_a_storage_error_not_an_outage(moto_s3, s3_bucket, tmp_path, monkeypatch):
+    from dfmscd_service.core.storage import StorageError
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    st = S3Storage(s3_bucket, "x", make_client(moto_s3.url, 2, 1), 5 * MiB, tmp_path)
+    with pytest.raises(StorageError) as info:
+        st.exists("a")
+    assert not isinstance(info.value, StorageUnavailable) and "credentials" in str(info.value)

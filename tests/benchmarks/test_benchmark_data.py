@@ -84,7 +84,7 @@ def test_baseline_gets_the_same_epochs_and_warmup_as_the_dfmscd_run():
     from benchmarks.digits import _baseline_config
     from dfmscd.config import resolve_config
 
-    config = resolve_config("balanced", {"seed": 5})  # kd_steps=40 per epoch
+    config = resolve_config("balanced", {"seed": 5, "kd_steps": 40})  # kd_steps=40 per epoch, pinned
     base, budget = _baseline_config(config, {"epochs": 20, "kd_steps": 17 * 40 - 25}, "epochs", 300.0)
     assert budget.epochs == 20 and budget.seconds is None
     assert (base.epochs, base.warmup_epochs) == (20, 3)  # 17 epochs had KD steps

@@ -1,4 +1,5 @@
-"""The ``dfmscd`` command line: distill, architectures, evaluate, card, and the commands other packages add.
+"""The ``dfmscd`` command line: distill, architectures, evaluate, card, the remote teachers/jobs/students
+(``remote.py``), and the commands other packages add.
 
 Every user mistake (a ``DfmscdError``, a missing file, a bad argument) becomes one line on
 stderr and exit code 2, never a traceback; a traceback means a bug. Heavy imports (torch, the
@@ -22,6 +23,7 @@ from dfmscd.cli.options import (
     EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, existing_file, export_list, fail,
     parse_set_option, parse_student_option,
 )
+from dfmscd.cli.remote import register as add_remote_parsers
 from dfmscd.config import PRESETS
 from dfmscd.errors import ConfigError, DfmscdError
 
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_evaluate)
 
     add_card_parser(sub)
+    add_remote_parsers(sub)  # teachers / jobs / students: a remote service through dfmscd.client
 
     for ep in entry_points(group=COMMANDS_GROUP):
         ep.load()(sub)

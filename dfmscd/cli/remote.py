@@ -152,7 +152,8 @@ def register(sub: Any) -> None:
     p = s.add_parser("download", parents=[conn], help="download one student's weights; prints the file's path")
     p.add_argument("job", metavar="JOB")
     p.add_argument("name", metavar="NAME", help="the student's name (the architecture unless named with NAME=ARCH)")
-    p.add_argument("-o", "--out", type=Path, metavar="PATH", help="file, or an existing folder (default: ./NAME + the format's suffix)")
+    p.add_argument("-o", "--out", metavar="PATH",
+                   help="a file, or a folder (existing, or ending in '/'; made if missing); default: ./NAME + the format's suffix")
     p.add_argument("--format", default=NATIVE_FORMAT, choices=sorted(MODEL_FORMATS))
     p.set_defaults(func=_students_download)
 
@@ -316,8 +317,9 @@ def _follow(api: "Client", job_id: str, out: TextIO, *, as_json: bool) -> "tuple
 @_remote
 def _students_download(args: argparse.Namespace, api: "Client") -> int:
     default = file_name(args.name, args.format)
-    target = args.out if args.out is not None else Path(default)
-    if target.is_dir():
+    target = Path(args.out) if args.out is not None else Path(default)
+    if args.out is not None and (target.is_dir() or args.out.endswith(("/", os.sep))):
+        target.mkdir(parents=True, exist_ok=True)
         target = target / default
     d = api.download_student(args.job, args.name, target, format=args.format)
     _note(f"wrote {d.size_bytes} bytes, sha256 {d.sha256}")

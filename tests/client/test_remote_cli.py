@@ -186,6 +186,8 @@ def test_students_download_onnx_and_into_a_folder(env, waited: Waited, tmp_path:
     assert json.loads(props["mean"]) == CARD["mean"] and props["architecture"] == "resnet8"
     named = cli(env, "students", "download", waited.job_id, "resnet8", "-o", tmp_path / "r.safetensors")
     assert named.code == 0 and (tmp_path / "r.safetensors").read_bytes() == (waited.folder / "resnet8.safetensors").read_bytes()
+    into = cli(env, "students", "download", waited.job_id, "small", "-o", f"{tmp_path}/new/")  # a folder made for it
+    assert into.code == 0 and into.last_line == str(tmp_path / "new" / "small.safetensors")
     assert_one_line_error(cli(env, "students", "download", waited.job_id, "nobody", "-o", tmp_path), "404")
     assert not (tmp_path / "nobody.safetensors").exists()
 

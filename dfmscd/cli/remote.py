@@ -88,6 +88,15 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> int:
+    """``--json``: the data as JSON; otherwise the human-readable rendering."""
+    if args.json:
+        _print_json(data)
+    else:
+        print(text())
+    return EXIT_OK
+
+
 def _warn_all(obj: Any) -> None:
     for w in obj.raw.get("warnings") or []:
         _note(f"warning: {w}")
@@ -174,21 +183,13 @@ def _teachers_upload(args: argparse.Namespace, api: "Client") -> int:
 @_remote
 def _teachers_list(args: argparse.Namespace, api: "Client") -> int:
     rows = [t.raw for t in api.list_teachers()]
-    if args.json:
-        _print_json(rows)
-    else:
-        print(table(TEACHER_HEADER, [teacher_row(t) for t in rows]))
-    return EXIT_OK
+    return _emit(args, rows, lambda: table(TEACHER_HEADER, [teacher_row(t) for t in rows]))
 
 
 @_remote
 def _teachers_get(args: argparse.Namespace, api: "Client") -> int:
     t = api.get_teacher(args.id)
-    if args.json:
-        _print_json(t.raw)
-    else:
-        print(teacher_summary(t.raw))
-    return EXIT_OK
+    return _emit(args, t.raw, lambda: teacher_summary(t.raw))
 
 
 @_remote
@@ -256,31 +257,19 @@ def _jobs_list(args: argparse.Namespace, api: "Client") -> int:
         rows.append(j.raw)
         if args.limit is not None and len(rows) >= args.limit:
             break
-    if args.json:
-        _print_json(rows)
-    else:
-        print(table(JOB_HEADER, [job_row(j) for j in rows]))
-    return EXIT_OK
+    return _emit(args, rows, lambda: table(JOB_HEADER, [job_row(j) for j in rows]))
 
 
 @_remote
 def _jobs_get(args: argparse.Namespace, api: "Client") -> int:
     job = api.get_job(args.id)
-    if args.json:
-        _print_json(job.raw)
-    else:
-        print(job_summary(job.raw))
-    return EXIT_OK
+    return _emit(args, job.raw, lambda: job_summary(job.raw))
 
 
 @_remote
 def _jobs_cancel(args: argparse.Namespace, api: "Client") -> int:
     job = api.cancel_job(args.id)
-    if args.json:
-        _print_json(job.raw)
-    else:
-        print(f"{job.id} {job.status}")
-    return EXIT_OK
+    return _emit(args, job.raw, lambda: f"{job.id} {job.status}")
 
 
 @_remote

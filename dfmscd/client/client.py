@@ -1,6 +1,6 @@
 """``Client``: the dfmscd service from Python (teachers, jobs, events, downloads).
 
-Only httpx and tqdm are imported (never torch, FastAPI or SQLAlchemy), so the client is cheap to
+Only httpx, tqdm and pydantic (the budget grammar) are imported (never torch, FastAPI or SQLAlchemy), so the client is cheap to
 import on a machine that only talks to a remote service.
 """
 
@@ -19,6 +19,9 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from dfmscd.config import parse_budget
+from dfmscd.errors import ConfigError
+
 from dfmscd.client.errors import ChecksumMismatchError, DfmscdConnectionError, WaitTimeoutError, from_response
 from dfmscd.client.models import Architecture, Download, Event, Job, Student, Teacher
 from dfmscd.client.sse import parse_sse
@@ -26,17 +29,16 @@ from dfmscd.client.transport import RetryPolicy, Transport, raise_for_error
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _CHUNK = 1024 * 1024
-_BUDGET_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
 # --------------------------------------------------------------------------- request shapes
 def budget_body(budget: Any) -> dict[str, Any] | None:
     """The API's ``{"seconds": S}`` / ``{"epochs": N}`` from what a user writes.
 
-    Accepts the CLI forms of ``dfmscd.config.Budget.parse`` (``"300s"``, ``"5m"``, ``"2h"``,
-    ``"40e"``, ``"40epochs"``), a ``timedelta``, a dict already in the API's shape, or an object
-    with ``model_dump`` (a ``dfmscd.config.Budget``). A bare number is refused: seconds or
-    epochs would be a guess.
+    Strings follow the library's one grammar (``dfmscd.config.parse_budget``: ``"300s"``, ``"5m"``,
+    ``"2h"``, ``"40e"``, ``"40 epochs"``); also a ``timedelta``, a dict already in the API's shape,
+    or an object with ``model_dump`` (a ``dfmscd.config.Budget``). A bare number is refused:
+    seconds or epochs would be a guess. Errors are ``ValueError``s.
     """
     if budget is None:
         return None
@@ -50,17 +52,10 @@ def budget_body(budget: Any) -> dict[str, Any] | None:
         raise ValueError(f"budget {budget!r} is ambiguous: write '{budget}s' (seconds) or '{budget}e' (epochs)")
     if not isinstance(budget, str):
         raise TypeError(f"budget must be a string like '300s' / '40e', a timedelta or a dict, not {type(budget).__name__}")
-    t = budget.strip().lower()
     try:
-        for suffix in ("epochs", "epoch", "e"):
-            if t.endswith(suffix):
-                return {"epochs": int(t[: -len(suffix)])}
-        for suffix in sorted(_BUDGET_UNITS, key=len, reverse=True):
-            if t.endswith(suffix):
-                return {"seconds": float(t[: -len(suffix)]) * _BUDGET_UNITS[suffix]}
-    except ValueError:
-        pass
-    raise ValueError(f"invalid budget {budget!r}: use seconds ('300s', '5m', '2h') or epochs ('40e')")
+        return parse_budget(budget).model_dump(exclude_none=True)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def student_body(student: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     # whose children start now in the background, so the web process stays small (docs/reliability.md).
     if get_settings().api_torch_warm:
         torch_pool.warm()
+        architectures.prefetch_names()
     yield
     await run_in_threadpool(architectures.stop_background)
     await run_in_threadpool(torch_pool.shutdown)

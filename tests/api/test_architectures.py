@@ -79,3 +79,26 @@ def test_all_families_in_order(client, auth):
 ])
 def test_bad_queries_are_422(client, auth, params, contains):
     assert_error(client.get("/v1/architectures", headers=auth, params=params), 422, "validation_error", contains)
+
+
+def test_start_up_prefetches_the_default_families_names_without_a_request(client, auth, monkeypatch):
+    # What the lifespan does next to the pool's warm-up: afterwards the dashboard's first job form
+    # finds the names in this process, with no trip to the torch pool.
+    from dfmscd_service.api.routes import architectures
+
+    monkeypatch.setattr(architectures, "_names", {})
+    architectures.prefetch_names()
+    wait_for(lambda: set(architectures.DEFAULT_FAMILIES) <= set(architectures._names), 120, 0.1,
+             what="the prefetched names")
+    assert "resnet8" in architectures._names["dfmscd"]
+    assert all(n.startswith("tv/") for n in architectures._names["torchvision"])
+    calls, call = [], architectures.torch_pool.call
+
+    def recorded(fn, *args):  # a trip to the pool for names would show here
+        calls.append(fn)
+        return call(fn, *args)
+
+    monkeypatch.setattr(architectures.torch_pool, "call", recorded)
+    names = [a["name"] for a in _get(client, auth)["data"]]
+    assert "resnet8" in names and "tv/resnet18" in names
+    assert architectures.torch_checks.model_names not in calls

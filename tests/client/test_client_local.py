@@ -60,14 +60,14 @@ def test_url_and_key_fall_back_to_the_environment(monkeypatch) -> None:
 
 @pytest.mark.parametrize("given, body", [
     ("300s", {"seconds": 300.0}), ("5m", {"seconds": 300.0}), ("2h", {"seconds": 7200.0}), ("1.5min", {"seconds": 90.0}),
-    ("40e", {"epochs": 40}), ("3epochs", {"epochs": 3}), (" 7E ", {"epochs": 7}),
+    ("40e", {"epochs": 40}), ("3epochs", {"epochs": 3}), (" 7E ", {"epochs": 7}), ("90 minutes", {"seconds": 5400.0}),
     ({"epochs": 2}, {"epochs": 2}), (timedelta(minutes=2), {"seconds": 120.0}), (None, None),
 ])
 def test_budget_forms(given, body) -> None:
     assert budget_body(given) == body
 
 
-@pytest.mark.parametrize("bad", [300, 2.5, "300", "abc", "5x", "e"])
+@pytest.mark.parametrize("bad", [300, 2.5, "300", "abc", "5x", "e", "2.5e", "0s"])
 def test_ambiguous_or_bad_budgets_are_refused(bad) -> None:
     with pytest.raises(ValueError):
         budget_body(bad)

@@ -243,3 +243,15 @@ def test_python_m_dfmscd_teachers_list(env, teacher_id: str) -> None:
                           text=True, timeout=120, env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert any(line.startswith(teacher_id) for line in proc.stdout.splitlines())
+
+
+def test_an_unreachable_service_is_one_line_naming_the_url(env) -> None:
+    # A port nobody listens on: bound to learn a free number, then closed before the command runs.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    run = cli({"DFMSCD_API_URL": url, "DFMSCD_API_KEY": env["DFMSCD_API_KEY"]}, "jobs", "list")
+    assert_one_line_error(run, "cannot reach the service at", url)

@@ -132,6 +132,22 @@ def _family_names(family: str) -> list[str]:
     return cached
 
 
+def prefetch_names() -> None:
+    """At start-up (with the torch pool's warm-up): the default families' names are asked for now,
+    in the background, so the dashboard's first job form does not wait for torch to import."""
+
+    def fetch() -> None:
+        for family in DEFAULT_FAMILIES:
+            try:
+                _family_names(family)
+            except Exception as exc:  # noqa: BLE001 - the first listing asks again and reports it
+                log.warning("cannot list the %s architectures yet: %s", family, exc)
+                return
+
+    # A daemon: it only waits on the pool (no torch in this process), and shutdown stops the pool.
+    threading.Thread(target=fetch, name="arch-names", daemon=True).start()
+
+
 def _names_by_family(families: tuple[str, ...]) -> list[tuple[str, str]]:
     """(name, source) in answer order: the built-in zoo, then tv/, then timm/, each sorted."""
     return [(n, family) for family in FAMILIES if family in families for n in _family_names(family)]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from dfmscd_service.core.db import get_session
@@ -82,19 +83,22 @@ class Principal:
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-def authenticate(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Principal:
-    """The key check (401 naming what is wrong) and then the key's rate limit (429).
+_KEY_BY_HASH = (select(ApiKey.id, ApiKey.owner_id, ApiKey.name, ApiKey.revoked_at)
+                .where(ApiKey.key_hash == bindparam("key_hash")))  # built once: its compiled form is cached
 
-    One indexed lookup per request, never cached: a revoked key must stop working at once,
-    including from another process (``dfmscd keys revoke``)."""
+
+def credentials_hash(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The digest to look the key up by; 401 for a missing or non-Bearer header."""
     if credentials is None:
         raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <api key>' header", _UNAUTHORIZED)
     if credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "unauthorized", "use 'Authorization: Bearer <api key>'", _UNAUTHORIZED)
-    row = session.execute(
-        select(ApiKey.id, ApiKey.owner_id, ApiKey.name, ApiKey.revoked_at)
-        .where(ApiKey.key_hash == hash_key(credentials.credentials))
-    ).first()
+    return hash_key(credentials.credentials)
+
+
+def principal_of(row: Any) -> Principal:
+    """The caller from its key's row (``id, owner_id, name, revoked_at``; None: no such key): 401
+    for an unknown or revoked key, then the key's rate limit (429)."""
     if row is None:
         raise ApiError(401, "unauthorized", "invalid API key", _UNAUTHORIZED)
     if row.revoked_at is not None:
@@ -103,6 +107,15 @@ def authenticate(session: Session, credentials: HTTPAuthorizationCredentials | N
     # After the key check, so the counter is per known key and a wrong key is a 401, not a 429.
     enforce_rate_limit(principal.key_id)
     return principal
+
+
+def authenticate(session: Session | Connection, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    """The key check (401 naming what is wrong) and then the key's rate limit (429).
+
+    One indexed lookup per request, never cached: a revoked key must stop working at once,
+    including from another process (``dfmscd keys revoke``)."""
+    key_hash = credentials_hash(credentials)
+    return principal_of(session.execute(_KEY_BY_HASH, {"key_hash": key_hash}).first())
 
 
 def require_key(
@@ -126,5 +139,5 @@ async def bearer_credentials(
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> HTTPAuthorizationCredentials | None:
     """The raw ``Authorization`` header for routes that check the key themselves, in the same
-    thread trip and session as their query (``dfmscd_service.api.reads``)."""
+    thread trip as their query (``dfmscd_service.api.job_reads``, ``teacher_reads``)."""
     return credentials

@@ -17,7 +17,7 @@ from dfmscd_service.core.models import Job, Teacher
 
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentKey = Annotated[Principal, Depends(require_key)]
-# For async routes that check the key in their own thread trip (dfmscd_service/api/reads.py).
+# For async routes that check the key in their own thread trip (dfmscd_service/api/job_reads.py).
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_credentials)]
 
 

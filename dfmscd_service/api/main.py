@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import dfmscd
-from dfmscd_service.api import torch_pool
+from dfmscd_service.api import read_threads, torch_pool
 from dfmscd_service.api.body_limit import BodySizeLimitMiddleware
 from dfmscd_service.api.dashboard import mount_dashboard
 from dfmscd_service.api.docs_ui import mount_docs
@@ -41,6 +41,7 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     yield
     await run_in_threadpool(architectures.stop_background)
     await run_in_threadpool(torch_pool.shutdown)
+    await run_in_threadpool(read_threads.shutdown)
 
 
 def create_app() -> FastAPI:

@@ -1,6 +1,6 @@
 """Per-key request rate limit: a fixed window counter, in Redis when there is one.
 
-Why a fixed window: one ``INCR`` (plus ``EXPIRE``) per request is the cheapest counter that
+Why a fixed window: one ``INCR`` (plus ``EXPIRE``, in one script call) per request is the cheapest counter that
 several API processes can share, and its known weakness (up to twice the allowance across a
 window boundary) is harmless for a limit meant to stop runaway clients, not to meter usage.
 
@@ -65,21 +65,27 @@ class MemoryCounter:
             return count + 1
 
 
+_INCR_WITH_TTL = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
 class RedisCounter:
-    """``INCR`` + ``EXPIRE`` in one round trip, shared by every process using the same Redis."""
+    """``INCR`` (and ``EXPIRE`` on the window's first request) in one script call, shared by every
+    process using the same Redis. One command and one integer reply: the MULTI/INCR/EXPIRE/EXEC
+    transaction it replaces was half of a PostgreSQL-mode poll's CPU in the API process."""
 
     def __init__(self, url: str, prefix: str) -> None:
         self.prefix = prefix
         self.client = redis.Redis.from_url(
             url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_TIMEOUT_SECONDS
         )
+        self._script = self.client.register_script(_INCR_WITH_TTL)  # EVALSHA, loaded again if Redis forgot it
 
     def incr(self, name: str, ttl_seconds: int) -> int:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.incr(self.prefix + name)
-        pipe.expire(self.prefix + name, ttl_seconds)
-        count, _ = pipe.execute()
-        return int(count)
+        return int(self._script(keys=[self.prefix + name], args=[ttl_seconds]))
 
 
 class RateLimiter:

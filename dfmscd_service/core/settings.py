@@ -7,7 +7,7 @@ The defaults describe the embedded mode: SQLite and a SQLite-backed broker under
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -81,9 +81,11 @@ class Settings(BaseSettings):
     # Concurrency of the API process. Sync routes run on AnyIO's threadpool (``api_threads``
     # tokens); each thread holds at most one pooled connection, and only while it runs (see
     # dfmscd_service/api/routing.py), so a pool at least as large as the threadpool can never be exhausted by
-    # requests waiting for a thread. ``db_pool_size`` None = api_threads + 2 (the readiness probe
+    # requests waiting for a thread. ``db_pool_size`` None = api_threads + api_read_threads + 2 (the readiness probe
     # and the architectures' background fill).
     api_threads: int = Field(40, ge=1, le=1000)
+    # The poll and the list pages run on threads of their own (dfmscd_service/api/read_threads.py).
+    api_read_threads: int = Field(2, ge=1, le=64)
     db_pool_size: int | None = Field(None, ge=1, le=1000)
     db_pool_timeout_seconds: float = Field(30.0, gt=0)
     # The API's torch work (teacher checks, student plans, zoo listing, exports) runs in this many
@@ -115,11 +117,11 @@ class Settings(BaseSettings):
         """Longer than the longest job, so the broker never redelivers a healthy long run."""
         return int(self.max_job_seconds + DAY_S)
 
-    @property
+    @cached_property  # read on every request (get_engine): resolving the path each time showed in profiles
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'dfmscd.sqlite').resolve()}"
 
-    @property
+    @cached_property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
 

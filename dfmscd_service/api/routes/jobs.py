@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy import update
 
-from dfmscd_service.api import reads
-from dfmscd_service.api.job_reads import read_job, read_job_page
+from dfmscd_service.api import job_reads, read_threads
 from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_job
 from dfmscd_service.api.errors import ApiError
 from dfmscd_service.api import job_service
@@ -22,6 +21,10 @@ _STATUS_ONE = "(" + "|".join(JOB_STATUSES) + ")"
 _STATUS_LIST = f"^{_STATUS_ONE}(,{_STATUS_ONE})*$"
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 422, 429, 503)}
 _CREATE_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 def require_json(request: Request) -> None:
@@ -65,13 +68,13 @@ async def list_jobs(
             raise ApiError(422, "validation_error", f"query status: unknown status {bad[0] if bad else status!r}; "
                            f"use {', '.join(JOB_STATUSES)}")
 
-    return await reads.answer(credentials, lambda session, principal: read_job_page(session, principal, page, wanted))
+    return _json(await read_threads.run(job_reads.page_answer, credentials, page, wanted))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
 async def get_job(job_id: str, credentials: BearerCredentials) -> Response:
-    """A job's status, progress, students and report (the poll: one thread trip, see api/reads.py)."""
-    return await reads.answer(credentials, lambda session, principal: read_job(session, principal, job_id))
+    """A job's status, progress, students and report (the poll: one query, then cached bytes; api/job_reads.py)."""
+    return _json(await read_threads.run(job_reads.poll_answer, credentials, job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)

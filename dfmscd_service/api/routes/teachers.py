@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Depends, Request, Response
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
 
-from dfmscd_service.api import reads, teacher_service
-from dfmscd_service.api.auth import Principal
+from dfmscd_service.api import read_threads, teacher_reads, teacher_service
 from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_teacher
 from dfmscd_service.api.errors import ApiError
-from dfmscd_service.core.models import ACTIVE_STATUSES, Job, Teacher
-from dfmscd_service.api.pagination import PageParams, keyset_page, page_params
+from dfmscd_service.core.models import ACTIVE_STATUSES, Job
+from dfmscd_service.api.pagination import PageParams, page_params
 from dfmscd_service.api.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, Page, TeacherOut
 from dfmscd_service.core.storage import StorageUnavailable, get_storage, teacher_prefix
@@ -50,13 +48,9 @@ async def upload_teacher(request: Request, principal: CurrentKey) -> TeacherOut:
 
 @router.get("", response_model=Page[TeacherOut], responses=_ERRORS)
 async def list_teachers(credentials: BearerCredentials, page: PageParams = Depends(page_params)) -> Response:
-    def read(session: Session, principal: Principal) -> Page[TeacherOut]:  # one thread trip: api/reads.py
-        q = select(Teacher).where(Teacher.owner_id == principal.owner_id)
-        rows, next_cursor = keyset_page(session, q, Teacher.id, page)
-        return Page[TeacherOut](data=[teacher_out(r) for r in rows], has_more=next_cursor is not None,
-                                next=next_cursor)
-
-    return await reads.answer(credentials, read)
+    """Your teachers, newest first (one query for the page, then cached bytes: api/teacher_reads.py)."""
+    body = await read_threads.run(teacher_reads.page_answer, credentials, page)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{teacher_id}", response_model=TeacherOut, responses=_ERRORS)
@@ -77,6 +71,9 @@ def delete_teacher(
     )
     if active:
         raise ApiError(409, "teacher_in_use", f"teacher {teacher_id!r} is used by {active} active job(s)")
+    # Explicitly, not by the foreign key's ON DELETE SET NULL: this UPDATE bumps each job's
+    # updated_at, the version the cached job answers are checked against (api/answer_cache.py).
+    session.execute(update(Job).where(Job.teacher_id == row.id).values(teacher_id=None))
     session.delete(row)
     session.commit()
     try:

@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
@@ -84,6 +85,18 @@ def cached_answers(cache: AnswerCache, versions: dict[str, datetime],
             cache.put(key, version, body)
             out[key] = body
     return out
+
+
+def cached_page(rows: list[Any], limit: int, cache: AnswerCache,
+                build: Callable[[list[str]], dict[str, tuple[datetime, bytes]]]) -> bytes:
+    """A list page's JSON from the rows of a key-and-page query (``item_id``, ``item_version``;
+    one row with a NULL ``item_id`` for an empty page), fetched with ``limit + 1`` to learn
+    whether there is more."""
+    rows = [r for r in rows if r.item_id is not None]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    bodies = cached_answers(cache, {r.item_id: r.item_version for r in rows}, build)
+    return page_json([bodies[r.item_id] for r in rows if r.item_id in bodies], more, rows[-1].item_id if more else None)
 
 
 def page_json(bodies: list[bytes], has_more: bool, next_cursor: str | None) -> bytes:

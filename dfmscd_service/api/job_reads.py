@@ -17,7 +17,7 @@ from typing import Any, cast
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Connection, Row, bindparam, select
 
-from dfmscd_service.api.answer_cache import AnswerCache, cached_answers, page_json
+from dfmscd_service.api.answer_cache import AnswerCache, cached_answers, cached_page
 from dfmscd_service.api.auth import _KEY_BY_HASH, credentials_hash, principal_of
 from dfmscd_service.api.errors import not_found
 from dfmscd_service.api.pagination import PageParams, is_valid_id
@@ -50,7 +50,7 @@ def _page_query(by_status: bool, after: bool) -> Any:
     if after:
         on = on & (Job.id < bindparam("after"))
     return (select(ApiKey.id, ApiKey.owner_id, ApiKey.name, ApiKey.revoked_at,
-                   Job.id.label("job_id"), Job.updated_at.label("job_version"))
+                   Job.id.label("item_id"), Job.updated_at.label("item_version"))
             .select_from(ApiKey).outerjoin(Job, on)
             .where(ApiKey.key_hash == bindparam("key_hash"))
             .order_by(Job.id.desc()).limit(bindparam("limit")))
@@ -122,11 +122,6 @@ def page_answer(credentials: HTTPAuthorizationCredentials | None, page: PagePara
     def read(conn: Connection) -> bytes:
         rows = conn.execute(_PAGE_QUERIES[(bool(statuses), bool(page.after))], params).all()
         principal_of(rows[0] if rows else None)
-        rows = [r for r in rows if r.job_id is not None]
-        more = len(rows) > page.limit
-        rows = rows[: page.limit]
-        bodies = cached_answers(answers, {r.job_id: r.job_version for r in rows}, lambda ids: _build(conn, ids))
-        return page_json([bodies[r.job_id] for r in rows if r.job_id in bodies], more,
-                         rows[-1].job_id if more else None)
+        return cached_page(rows, page.limit, answers, lambda ids: _build(conn, ids))
 
     return run_read(read)

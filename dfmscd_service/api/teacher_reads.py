@@ -11,7 +11,7 @@ from typing import Any, cast
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Connection, bindparam, select
 
-from dfmscd_service.api.answer_cache import AnswerCache, cached_answers, page_json
+from dfmscd_service.api.answer_cache import AnswerCache, cached_page
 from dfmscd_service.api.auth import credentials_hash, principal_of
 from dfmscd_service.api.pagination import PageParams
 from dfmscd_service.api.views import teacher_out
@@ -28,7 +28,7 @@ def _page_query(after: bool) -> Any:
     if after:
         on = on & (Teacher.id < bindparam("after"))
     return (select(ApiKey.id, ApiKey.owner_id, ApiKey.name, ApiKey.revoked_at,
-                   Teacher.id.label("teacher_id"), Teacher.created_at.label("teacher_version"))
+                   Teacher.id.label("item_id"), Teacher.created_at.label("item_version"))
             .select_from(ApiKey).outerjoin(Teacher, on)
             .where(ApiKey.key_hash == bindparam("key_hash"))
             .order_by(Teacher.id.desc()).limit(bindparam("limit")))
@@ -52,11 +52,6 @@ def page_answer(credentials: HTTPAuthorizationCredentials | None, page: PagePara
     def read(conn: Connection) -> bytes:
         rows = conn.execute(_PAGE_QUERIES[bool(page.after)], params).all()
         principal_of(rows[0] if rows else None)
-        rows = [r for r in rows if r.teacher_id is not None]
-        more = len(rows) > page.limit
-        rows = rows[: page.limit]
-        bodies = cached_answers(answers, {r.teacher_id: r.teacher_version for r in rows}, lambda ids: _build(conn, ids))
-        return page_json([bodies[r.teacher_id] for r in rows if r.teacher_id in bodies], more,
-                         rows[-1].teacher_id if more else None)
+        return cached_page(rows, page.limit, answers, lambda ids: _build(conn, ids))
 
     return run_read(read)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from dfmscd_service.api.ratelimit import (
     MemoryCounter,
     RateLimiter,
     RedisCounter,
+    lease_block,
     get_limiter,
     limiter_url,
 )
@@ -176,9 +178,9 @@ class _CountingRedisCounter(RedisCounter):
 
     tries = 0
 
-    def incr(self, name: str, ttl_seconds: int) -> int:
+    def incr(self, name: str, ttl_seconds: int, by: int = 1) -> int:
         self.tries += 1
-        return super().incr(name, ttl_seconds)
+        return super().incr(name, ttl_seconds, by)
 
 
 def test_unreachable_redis_fails_open_but_still_counts():
@@ -193,6 +195,34 @@ def test_unreachable_redis_fails_open_but_still_counts():
     # One failed connect, then no more tries for REDIS_RETRY_SECONDS: counted, not timed (a
     # machine slow enough to spend that long on three hits may legitimately try again).
     assert 1 <= primary.tries <= 1 + int(elapsed // REDIS_RETRY_SECONDS), (primary.tries, elapsed)
+
+
+def test_lease_block_is_one_percent_of_the_limit_within_bounds():
+    assert [lease_block(n) for n in (1, 5, 199, 200, 1200, 6400, 10**8)] == [1, 1, 1, 2, 12, 64, 64]
+
+
+def test_two_processes_leasing_tickets_never_exceed_the_limit(service):
+    """Two limiters (two API processes) on one real Redis counter, limit 1000 (blocks of 10).
+
+    By hand: A's 995 requests take tickets 1..995 in 100 reservations, holding 996..1000 unused;
+    B's 20 requests reserve 1001..1020, all over the limit; A's next 10 use 996..1000 (allowed)
+    and then reserve 1021..1030 (refused). So exactly 1000 are allowed, in 103 round trips.
+    """
+    prefix = f"lease-test-{secrets.token_hex(4)}:"
+    a_counter, b_counter = _CountingRedisCounter(REDIS_URL, prefix), _CountingRedisCounter(REDIS_URL, prefix)
+    a, b = RateLimiter(a_counter), RateLimiter(b_counter)
+    now = 3_000_030.0
+    first = [a.hit("k", 1000, 60, now=now).allowed for _ in range(995)]
+    middle = [b.hit("k", 1000, 60, now=now).allowed for _ in range(20)]
+    last = [a.hit("k", 1000, 60, now=now).allowed for _ in range(10)]
+    assert all(first) and not any(middle)
+    assert last == [True] * 5 + [False] * 5
+    assert (a_counter.tries, b_counter.tries) == (101, 2)
+    assert int(a_counter.client.get(f"{prefix}ratelimit:k:{int(now // 60)}")) == 1030
+    # a new window starts a new counter and a new lease
+    assert a.hit("k", 1000, 60, now=now + 60).allowed and a_counter.tries == 102
+    a_counter.client.close()
+    b_counter.client.close()
 
 
 # --------------------------------------------------------------------------- concurrent jobs

@@ -222,13 +222,13 @@ def _wrk_ms(value: str) -> float:
 
 
 def parse_wrk(text: str) -> dict[str, Any]:
-    """Requests/s, p50/p99 and errors (non-2xx + connect/read/write/timeout) from ``wrk --latency``."""
+    """Requests/s, p50/p90/p99 and errors (non-2xx + connect/read/write/timeout) from ``wrk --latency``."""
     out: dict[str, Any] = {"non_2xx": 0, "socket_errors": 0}
     for line in text.splitlines():
         parts = line.split()
         if line.startswith("Requests/sec:"):
             out["req_per_s"] = float(parts[1])
-        elif len(parts) >= 2 and parts[0] in ("50%", "99%"):
+        elif len(parts) >= 2 and parts[0] in ("50%", "90%", "99%"):
             out[f"p{parts[0][:-1]}_ms"] = _wrk_ms(parts[1])
         elif "requests in" in line:
             out["requests"] = int(parts[0])

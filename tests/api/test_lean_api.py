@@ -3,7 +3,8 @@
 A fresh interpreter (nothing imported before) builds the app, runs its lifespan and serves the
 requests that used to load torch in-process (a teacher upload, a bad one, a job, the zoo), over
 an in-process ASGI client; then ``sys.modules`` must hold no ``torch``. The answers are checked
-too, so a pool that silently did nothing would fail.
+too, so a pool that silently did nothing would fail. The lifespan also freezes the start-up heap
+(``gc.freeze``), so full collections under load skip the framework's objects.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from service_kit import CARD
 
 SCRIPT = r"""
-import asyncio, json, sys
+import asyncio, gc, json, sys
 import httpx
 from dfmscd_service.api.auth import create_api_key
 from dfmscd_service.api.main import create_app
@@ -28,10 +29,12 @@ card, weights = json.loads(sys.argv[1]), open(sys.argv[2], "rb").read()
 
 async def main():
     app = create_app()
+    frozen_before = gc.get_freeze_count()
     async with app.router.lifespan_context(app):
+        frozen = [frozen_before, gc.get_freeze_count()]
         with session_scope() as s:
             _, secret = create_api_key(s, "lean-api")
-        out = {}
+        out = {"frozen": frozen}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
                                      headers={"Authorization": f"Bearer {secret}"}, timeout=120) as c:
             out["healthz"] = (await c.get("/healthz")).status_code
@@ -74,3 +77,6 @@ def test_the_api_process_never_imports_torch(service, teacher_file: Path) -> Non
     status, names = out["zoo"]
     assert status == 200 and "resnet8" in names
     assert out["torch_modules"] == []
+    # the start-up heap is frozen out of the collector's full passes (docs/reliability.md, session 16)
+    before, after = out["frozen"]
+    assert before == 0 and after > 10_000, out["frozen"]

@@ -174,6 +174,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="--matrix: comma-separated seeds")
     p.add_argument("--arms", default="dfmscd,ablation,preset_single", help=f"--matrix: any of {','.join(ARMS)}")
     p.add_argument("--tag", default="", help="--matrix: suffix of the result file names")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="combine --matrix result files of one set-up (e.g. one per seed, run in parallel) into "
+                        "<dataset>_matrix_<T>s<tag>.json/.md")
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="what a seconds budget counts: wall time, or this process's CPU time (fair on a shared machine)")
     return p.parse_args(argv)
@@ -280,6 +283,40 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+SETUP_KEYS = ("dataset", "budget_s", "budget_clock", "preset", "set", "students", "split", "real_within_class_distance")
+
+
+def merge_matrices(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One matrix from several of the same set-up (teacher, split, budget, preset, students): the
+    runs side by side, seeds and arms united. Refuses parts that differ in set-up or repeat a run."""
+    from benchmarks.tables import matrix_summary
+
+    first = parts[0]
+    for part in parts[1:]:
+        for key in (*SETUP_KEYS, "teacher"):
+            a, b = first.get(key), part.get(key)
+            if key == "teacher":
+                a, b = (a or {}).get("weights"), (b or {}).get("weights")
+            if a != b:
+                raise ValueError(f"cannot merge: {key} differs ({a!r} vs {b!r})")
+    runs, seen = [], set()
+    for part in parts:
+        if not part.get("complete"):
+            raise ValueError("cannot merge an incomplete matrix (its run was stopped)")
+        for run in part["runs"]:
+            ident = (run["arm"], run["seed"], run["student"])
+            if ident in seen:
+                raise ValueError(f"cannot merge: run {ident} appears twice")
+            seen.add(ident)
+            runs.append(run)
+    merged = {**first, "runs": runs, "complete": True,
+              "seeds": sorted({r["seed"] for r in runs}),
+              "arms": list(dict.fromkeys(a for p in parts for a in p["arms"])),
+              "merged_from": [p.get("created") for p in parts]}
+    merged["summary"] = matrix_summary(merged)
+    return merged
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from dfmscd.cli import parse_set_option
     from dfmscd.config import Budget, resolve_config
@@ -350,6 +387,22 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     BUDGET_CLOCK[0] = args.clock
+    if args.merge:
+        import json
+
+        from benchmarks.tables import matrix_markdown
+
+        try:
+            results = merge_matrices([json.loads(path.read_text()) for path in args.merge])
+        except (OSError, ValueError) as exc:
+            print(f"benchmark: error: {exc}", file=sys.stderr)
+            return 2
+        stem = args.out_dir / f"{results['dataset']}_matrix_{results['budget_s']:.0f}s{args.tag}"
+        table = matrix_markdown(results)
+        write_json_atomic(stem.with_suffix(".json"), results)
+        write_text_atomic(stem.with_suffix(".md"), table)
+        print(table)
+        return 0
     if args.matrix:
         from benchmarks.tables import matrix_markdown
 

@@ -24,7 +24,13 @@ import torch.nn as nn
 from dfmscd.config import Budget, DistillConfig, resolve_budget
 from dfmscd.costs import measure_kd_step_ms
 from dfmscd.engine import checkpoint as ckpt
-from dfmscd.engine.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
+from dfmscd.engine.runtime import (
+    capture_rng_state,
+    network_memory_format,
+    resolve_device,
+    restore_rng_state,
+    seed_everything,
+)
 from dfmscd.engine.report import balance, held_out_agreement, pool_diversity, pool_report
 from dfmscd.engine.samples import pick_samples
 from dfmscd.engine.students import StudentGroup, build_student, cosine_factor
@@ -138,12 +144,15 @@ class Distiller:
         if cuda:
             torch.backends.cudnn.benchmark = True
         self.amp_dtype = torch.bfloat16 if (cfg.autocast == "bf16" or (cfg.autocast == "auto" and cuda)) else None
-        channels_last = cuda if cfg.channels_last is None else cfg.channels_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # The teacher's layout is also the layout images are handed over in; each student keeps its own
+        # (network_memory_format), and a convolution follows its weights' layout.
         self.teacher = copy.deepcopy(self._teacher_src).to(dev).eval().requires_grad_(False)
+        self.memory_format = network_memory_format(self.teacher, cfg.channels_last, dev)
         self.teacher = self.teacher.to(memory_format=self.memory_format)
         self.hooks = TeacherBNHooks(self.teacher, cfg.bn_momentum)
-        modules = [build_student(s, card.num_classes, card.input_shape).to(dev).to(memory_format=self.memory_format) for s in self.specs]
+        modules = [build_student(s, card.num_classes, card.input_shape).to(dev) for s in self.specs]
+        self.student_formats = [network_memory_format(m, cfg.channels_last, dev) for m in modules]
+        modules = [m.to(memory_format=f) for m, f in zip(modules, self.student_formats)]
         self.students = StudentGroup(modules, cfg, amp_dtype=self.amp_dtype)
         k = resolve_num_generators(cfg.num_generators, len(self.specs))
         conditional_on = card.num_classes if cfg.conditional_generator else 0
@@ -524,6 +533,8 @@ class Distiller:
             "device": str(self.device),
             "precision": {"autocast": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
                           "channels_last": self.memory_format == torch.channels_last,
+                          "channels_last_students": [n for n, f in zip(self.names, self.student_formats)
+                                                     if f == torch.channels_last],
                           "pool_device": str(self.pool.device)},  # fmt: skip
             "epochs_completed": st.epoch,
             "warmup_epochs": self.warmup,

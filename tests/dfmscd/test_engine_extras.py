@@ -12,6 +12,8 @@ from dfmscd.config import Budget, resolve_config
 from dfmscd.engine import Distiller, StudentSpec
 from dfmscd.engine.distiller import RunState
 from dfmscd.engine.report import penultimate_features, within_class_distance
+from dfmscd.engine.runtime import has_depthwise_conv, network_memory_format
+from dfmscd.models import create_model
 from dfmscd.engine.types import Outcome, Phase
 
 TINY = dict(
@@ -50,7 +52,8 @@ def test_metrics_and_report_carry_both_balances_confidence_diversity_and_time_us
     assert 0.0 <= rep["pool"]["recognised_rate"] <= 1.0 and 0.0 <= rep["pool"]["label_balance"] <= 1.0
     t = rep["timings"]
     assert {"setup_s", "synthesis_s", "kd_s", "checkpoint_s", "evaluation_s", "other_s", "over_budget_s"} <= set(t)
-    assert rep["kd_steps_per_s"] > 0 and rep["precision"] == {"autocast": None, "channels_last": False, "pool_device": "cpu"}
+    assert rep["kd_steps_per_s"] > 0 and rep["precision"] == {"autocast": None, "channels_last": False,
+                                                           "channels_last_students": [], "pool_device": "cpu"}
 
 
 def test_recognised_admission_keeps_only_images_the_teacher_reads_as_requested():
@@ -68,11 +71,33 @@ def test_cuda_code_paths_run_on_cpu_bf16_channels_last_pool_on_device():
     device), forced on CPU: the same code, so a CUDA-only bug in them shows here."""
     result = _run({"autocast": "bf16", "channels_last": True, "pool_on_device": True}, students=("resnet8", "mobilenetv2"))
     assert result.status == "completed"
-    assert result.report["precision"] == {"autocast": "bfloat16", "channels_last": True, "pool_device": "cpu"}
+    assert result.report["precision"] == {"autocast": "bfloat16", "channels_last": True,
+                                          "channels_last_students": ["s0", "s1"], "pool_device": "cpu"}
     for m in result.students.values():
         assert all(p.dtype == torch.float32 for p in m.parameters())
         assert all(torch.isfinite(p).all() for p in m.parameters())
         assert m(torch.zeros(2, 1, 8, 8)).shape == (2, task.NUM_CLASSES)
+
+
+def test_cpu_default_layout_is_channels_last_only_for_depthwise_networks():
+    assert has_depthwise_conv(create_model("mobilenetv2", num_classes=10, in_channels=1, image_size=8))
+    assert has_depthwise_conv(create_model("shufflenetv2", num_classes=10, in_channels=1, image_size=8))
+    plain = create_model("resnet8", num_classes=10, in_channels=1, image_size=8)
+    assert not has_depthwise_conv(plain) and not has_depthwise_conv(create_model("vgg8", num_classes=10, in_channels=1))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert network_memory_format(plain, None, cpu) == torch.contiguous_format
+    assert network_memory_format(plain, None, cuda) == torch.channels_last  # the decision only; nothing moves
+    assert network_memory_format(plain, True, cpu) == torch.channels_last
+    deep = create_model("mobilenetv2", num_classes=10, in_channels=1, image_size=8)
+    assert network_memory_format(deep, None, cpu) == torch.channels_last
+    assert network_memory_format(deep, False, cpu) == torch.contiguous_format
+
+    result = _run(students=("resnet8", "mobilenetv2"))
+    assert result.report["precision"]["channels_last"] is False  # the teacher (a plain CNN) and the images
+    assert result.report["precision"]["channels_last_students"] == ["s1"]
+    # students leave the run in the default layout, whatever they trained in
+    conv = next(m for m in result.students["s1"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
 
 
 def test_bf16_run_resumes_bitwise_on_cpu(tmp_path):

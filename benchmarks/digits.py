@@ -291,14 +291,15 @@ def merge_matrices(parts: list[dict[str, Any]]) -> dict[str, Any]:
     runs side by side, seeds and arms united. Refuses parts that differ in set-up or repeat a run."""
     from benchmarks.tables import matrix_summary
 
+    def setup(part: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: part.get(k) for k in SETUP_KEYS}, "teacher": (part.get("teacher") or {}).get("weights")}
+
     first = parts[0]
     for part in parts[1:]:
-        for key in (*SETUP_KEYS, "teacher"):
-            a, b = first.get(key), part.get(key)
-            if key == "teacher":
-                a, b = (a or {}).get("weights"), (b or {}).get("weights")
-            if a != b:
-                raise ValueError(f"cannot merge: {key} differs ({a!r} vs {b!r})")
+        a, b = setup(first), setup(part)
+        for key in a:
+            if a[key] != b[key]:
+                raise ValueError(f"cannot merge: {key} differs ({a[key]!r} vs {b[key]!r})")
     runs, seen = [], set()
     for part in parts:
         if not part.get("complete"):
@@ -381,6 +382,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _write_matrix(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """``<dataset>_matrix_<T>s<tag>.json`` and ``.md`` in ``--out-dir``; the table is also printed."""
+    from benchmarks.tables import matrix_markdown
+    from dfmscd.report import write_json_atomic, write_text_atomic
+
+    stem = args.out_dir / f"{results['dataset']}_matrix_{results['budget_s']:.0f}s{args.tag}"
+    table = matrix_markdown(results)
+    write_json_atomic(stem.with_suffix(".json"), results)
+    write_text_atomic(stem.with_suffix(".md"), table)
+    print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     from dfmscd.errors import DfmscdError
     from dfmscd.report import write_json_atomic, write_text_atomic
@@ -390,28 +403,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         import json
 
-        from benchmarks.tables import matrix_markdown
-
         try:
             results = merge_matrices([json.loads(path.read_text()) for path in args.merge])
         except (OSError, ValueError) as exc:
             print(f"benchmark: error: {exc}", file=sys.stderr)
             return 2
-        stem = args.out_dir / f"{results['dataset']}_matrix_{results['budget_s']:.0f}s{args.tag}"
-        table = matrix_markdown(results)
-        write_json_atomic(stem.with_suffix(".json"), results)
-        write_text_atomic(stem.with_suffix(".md"), table)
-        print(table)
+        _write_matrix(args, results)
         return 0
     if args.matrix:
-        from benchmarks.tables import matrix_markdown
-
-        results = run_matrix(args)
-        stem = args.out_dir / f"{args.dataset}_matrix_{results['budget_s']:.0f}s{args.tag}"
-        table = matrix_markdown(results)
-        write_json_atomic(stem.with_suffix(".json"), {**results, "complete": True})
-        write_text_atomic(stem.with_suffix(".md"), table)
-        print(table)
+        _write_matrix(args, {**run_matrix(args), "complete": True})
         return 0
     try:
         results = run(args)

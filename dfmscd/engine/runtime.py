@@ -36,7 +36,7 @@ def network_memory_format(module: torch.nn.Module, setting: bool | None, device:
     ``setting`` True/False forces it; None picks channels-last on CUDA, and on CPU only for
     networks with depthwise convolutions: there oneDNN's channels-last kernels made a MobileNetV2
     forward+backward 2.3x cheaper at 8x8, batch 128, one thread, while plain ResNet/VGG convolutions
-    gained little or lost (README, "Speed").
+    gained 1.3x at most (README, "Speed on CPU").
     """
     if setting is None:
         setting = device.type == "cuda" or has_depthwise_conv(module)

@@ -30,7 +30,7 @@ events, download the students. Every endpoint but the health probes needs
 
 
 def _freeze_startup_heap() -> None:
-    """Move the ~150k objects of the imported framework out of the collector's reach.
+    """Move the ~165k objects of the imported framework out of the collector's reach.
 
     Under load a full collection walked them all (23 pauses of up to 145 ms in 40 s of wrk, 2.5 s in
     all); frozen, only what requests allocate is scanned (docs/reliability.md, session 16).

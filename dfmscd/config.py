@@ -72,6 +72,9 @@ class DistillConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0, le=1)
     kd_steps: int = Field(400, ge=1, le=100_000, description="student updates per epoch")
     kd_batch_size: int = Field(256, ge=2, le=4096)
+    kd_max_rate: int = Field(1, ge=1, le=16, description=(
+        "up to this many updates per shared KD step for a student that costs that many times less than the "
+        "costliest one (measured at the start of a run, kept on resume); 1: every student takes every step once"))
     epochs: int = Field(220, ge=1, le=100_000, description="epochs when the budget gives none")
 
     # --- DF-MSCD additions (each switchable for ablations) ---
@@ -88,8 +91,10 @@ class DistillConfig(BaseModel):
     pool_eviction: Literal["fifo", "reservoir"] = "fifo"
     kd_sampling: Literal["uniform", "balanced"] = Field(
         "balanced", description="KD batches drawn uniformly from the pool, or balanced over the teacher's argmax classes")
-    pool_admission: Literal["all", "recognised"] = Field(
-        "all", description="'recognised': only images the teacher classifies as the requested label enter the pool")
+    pool_admission: Literal["all", "recognised", "balanced"] = Field(
+        "all", description=("'recognised': only images the teacher classifies as the requested label enter the pool; "
+                            "'balanced': images of classes already ahead (by teacher argmax) are turned away, "
+                            "keeping the pool's balance >= 0.85"))
 
     # --- runtime ---
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -103,7 +108,8 @@ class DistillConfig(BaseModel):
 
     def single_student_baseline(self) -> "DistillConfig":
         """The Fast-DFKD baseline: one generator, i.i.d. labels, no peer or inter-student terms,
-        an unconditional generator, uniform KD batches over everything synthesized, and
+        an unconditional generator that is never re-initialised as a whole (its first layer is, at
+        ``reset_first_layer_epoch``, as in Fast-DFKD), uniform KD batches over everything synthesized, and
         Fast-DFKD's published warm-up share (20 of 220 epochs, at least one epoch) of the config's
         epochs; a seconds budget scales it to the time (``warmup_epochs / epochs`` of it)."""
         return self.model_copy(
@@ -114,6 +120,7 @@ class DistillConfig(BaseModel):
                 peer_beta=0.0,
                 num_generators=1,
                 diversity=0.0,
+                generator_reset_every=None,
                 conditional_generator=False,
                 kd_sampling="uniform",
                 pool_admission="all",

@@ -52,6 +52,21 @@ def estimate_cost(module: nn.Module, input_shape: tuple[int, int, int]) -> int:
     return int(total[0])
 
 
+def kd_rates(costs: Sequence[int | float], max_rate: int) -> list[int]:
+    """KD updates per shared step for each student: ``floor(max cost / own cost)``, in [1, max_rate].
+
+    Under a time budget the costliest student sets the pace of the shared steps; a student that
+    costs a quarter of it can take four updates in the time of one without slowing the others
+    more than its own cost. A cost that is unknown or not positive gets 1 (lockstep)."""
+    if max_rate < 1:
+        raise ValueError("max_rate must be >= 1")
+    known = [float(c) for c in costs if c is not None and c > 0]
+    if not known:
+        return [1] * len(costs)
+    top = max(known)
+    return [1 if (c is None or c <= 0) else max(1, min(max_rate, int(top // float(c)))) for c in costs]
+
+
 def dominant_student_warning(costs: Mapping[str, int | float | None]) -> str | None:
     """A warning when one student takes most of every shared KD step (None: no such student).
 

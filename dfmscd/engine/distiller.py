@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from dfmscd.config import Budget, DistillConfig, resolve_budget
-from dfmscd.costs import measure_kd_step_ms
+from dfmscd.costs import kd_rates, measure_kd_step_ms
 from dfmscd.engine import checkpoint as ckpt
 from dfmscd.engine.runtime import (
     capture_rng_state,
@@ -39,6 +39,7 @@ from dfmscd.engine.validation import check_teacher, student_card
 from dfmscd.errors import CheckpointError, UnknownArchitectureError
 from dfmscd.io.card import ModelCard
 from dfmscd.models import count_parameters, is_model
+from dfmscd.synthesis.admission import admission_floor, balanced_admission
 from dfmscd.synthesis import (
     DiffAugment,
     Generator,
@@ -54,6 +55,8 @@ from dfmscd.synthesis import (
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
 POOL_ON_DEVICE_MAX_BYTES = 2 * 2**30
+ADMISSION_BALANCE = 0.85  # pool_admission="balanced": the teacher-argmax balance admission keeps (issue 8 asks >= 0.8)
+ADMISSION_LEAK = 0.5  # ... and every class may hold half its fair share of all synthesized images
 EMA = 0.5  # smoothing of the per-step duration estimates that keep a seconds budget
 
 
@@ -77,6 +80,7 @@ class RunState:
     setup_s: float = 0.0  # the first session's set-up, which warm-up and the schedule leave out
     completed: bool = False
     last_losses: list[float | None] = field(default_factory=list)
+    kd_rates: list[int] = field(default_factory=list)  # updates per shared KD step, per student (fixed at the start)
 
     _INT = ("epoch", "kd_steps_done", "images_synthesized")
     _FLOAT = ("elapsed", "synth_s", "kd_s")
@@ -96,6 +100,7 @@ class RunState:
             setup_s=float(state.get("setup_s", 0.0)),
             completed=bool(state["completed"]),
             last_losses=[None if v != v else float(v) for v in state["last_losses"]],
+            kd_rates=[int(v) for v in state.get("kd_rates", [])],
         )
 
 
@@ -338,10 +343,19 @@ class Distiller:
 
     def _admit(self, out: Any) -> None:
         """Add a synthesis batch to the pool; with ``pool_admission="recognised"`` only the
-        images whose teacher argmax is the requested label."""
+        images whose teacher argmax is the requested label, with ``"balanced"`` only those that keep
+        the pool's teacher-argmax balance at ``ADMISSION_BALANCE`` (synthesis/admission.py)."""
         images, labels, argmax = out.images, out.labels, out.teacher_argmax
         if self.config.pool_admission == "recognised":
             keep = argmax == labels
+            self._epoch_stats["dropped"] = self._epoch_stats.get("dropped", 0.0) + float((~keep).sum())
+            if not bool(keep.any()):
+                return
+            images, labels, argmax = images[keep.to(images.device)], labels[keep], argmax[keep]
+        elif self.config.pool_admission == "balanced":
+            floor = admission_floor(self.st.images_synthesized, self.card.num_classes,
+                                    self.config.synth_batch_size, ADMISSION_LEAK)
+            keep = balanced_admission(self.pool.histogram("teacher_argmax"), argmax, ADMISSION_BALANCE, floor)
             self._epoch_stats["dropped"] = self._epoch_stats.get("dropped", 0.0) + float((~keep).sum())
             if not bool(keep.any()):
                 return
@@ -367,6 +381,8 @@ class Distiller:
                 with torch.no_grad(), self.students.autocast():
                     t_logits = self.teacher(x).float()
                 step_losses = self.students.kd_step(x, t_logits)
+                for members in self._extra_rounds:
+                    self._extra_kd_round(members)
                 self.st.kd_steps_done += 1
                 sums = step_losses if sums is None else sums + step_losses
                 n += 1
@@ -383,6 +399,34 @@ class Distiller:
             if n:
                 self._kd_step_s = kd_dt / n
         return Outcome.DONE
+
+    def _extra_kd_round(self, members: list[int]) -> None:
+        """A further update, on a fresh batch, for the students cheap enough to take it (kd_rates)."""
+        cfg = self.config
+        balanced = cfg.kd_sampling == "balanced"
+        idx = self.pool.sample_balanced(cfg.kd_batch_size) if balanced else self.pool.sample_indices(cfg.kd_batch_size)
+        x = self._to_input(self.pool.gather(idx), augment=True)
+        with torch.no_grad(), self.students.autocast():
+            t_logits = self.teacher(x).float()
+        self.students.kd_step(x, t_logits, members)
+
+    @property
+    def _extra_rounds(self) -> list[list[int]]:
+        """Round k (k >= 1) of a shared KD step: the students whose rate exceeds k."""
+        rates = self.st.kd_rates or [1] * len(self.specs)
+        return [[i for i, r in enumerate(rates) if r > k] for k in range(1, max(rates))]
+
+    def _fix_kd_rates(self) -> None:
+        """Measure each student's KD step once, at a run's first start, and keep the rates it gives
+        (checkpointed, so a resumed run takes the same steps as an uninterrupted one)."""
+        if self.st.kd_rates:
+            return
+        if self.config.kd_max_rate == 1 or len(self.specs) == 1:
+            self.st.kd_rates = [1] * len(self.specs)
+            return
+        ms = self._kd_ms_per_student(repeats=2)
+        self.st.kd_rates = kd_rates(ms, self.config.kd_max_rate)
+        self._log("KD updates per shared step: " + ", ".join(f"{n} {r}" for n, r in zip(self.names, self.st.kd_rates)))
 
     def _run_epoch(self) -> Outcome:
         cfg, e = self.config, self.st.epoch
@@ -474,6 +518,7 @@ class Distiller:
             self._log(
                 f"distilling into {len(self.specs)} students with {len(self.mixture)} generators on {self.device}"
             )
+        self._fix_kd_rates()
         status = Outcome.COMPLETED
         try:
             while not self._finished():
@@ -500,12 +545,12 @@ class Distiller:
             self.hooks.remove()
 
     # ------------------------------------------------------------------ result
-    def _kd_ms_per_student(self) -> list[float]:
+    def _kd_ms_per_student(self, repeats: int = 1) -> list[float]:
         """Each student's own forward + backward on one KD batch, in ms (dfmscd.costs): which student
         makes the shared steps slow. Measured on copies, under the run's precision and layout."""
         x = torch.zeros(self.config.kd_batch_size, *self.card.input_shape, device=self.device)
         with self.students.autocast():
-            return measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format))
+            return measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format), repeats)
 
     def _result(self, status: Outcome) -> DistillResult:
         t0 = self._clock()
@@ -539,6 +584,7 @@ class Distiller:
             "epochs_completed": st.epoch,
             "warmup_epochs": self.warmup,
             "kd_steps": st.kd_steps_done,
+            "kd_rates": dict(zip(self.names, st.kd_rates)),
             "resumed_from_epoch": self.resumed_from,
             "num_generators": len(self.mixture),
             "generator_partners": [self.names[p] for p in self.mixture.partners],

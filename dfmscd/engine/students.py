@@ -74,14 +74,17 @@ class StudentGroup:
         device = next(self.modules[0].parameters()).device
         return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
 
-    def kd_step(self, x: Tensor, teacher_logits: Tensor) -> Tensor:
-        """One co-evolution step on a shared batch; returns the students' losses (detached, S).
+    def kd_step(self, x: Tensor, teacher_logits: Tensor, members: Sequence[int] | None = None) -> Tensor:
+        """One co-evolution step on a shared batch for ``members`` (default: every student); returns
+        their losses (detached, one per member). The peer term is over the members only.
 
         Forward passes run under ``autocast()``; the losses are computed in float32."""
-        for m in self.modules:
+        idx = range(len(self.modules)) if members is None else list(members)
+        modules = [self.modules[i] for i in idx]
+        for m in modules:
             m.train()
         with self.autocast():
-            outs = [m(x).float() for m in self.modules]
+            outs = [m(x).float() for m in modules]
         per_student = []
         for i, out in enumerate(outs):
             loss = losses.kd_loss(out, teacher_logits, self.temperature)
@@ -89,11 +92,12 @@ class StudentGroup:
                 peers = [o for j, o in enumerate(outs) if j != i]
                 loss = loss + self.peer_beta * losses.peer_loss(out, peers, self.temperature)
             per_student.append(loss)
-        for opt in self.optimizers:
+        optimizers = [self.optimizers[i] for i in idx]
+        for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         stacked = torch.stack(per_student)
         stacked.sum().backward()
-        for opt in self.optimizers:
+        for opt in optimizers:
             opt.step()
         return stacked.detach()  # no host sync here: the caller sums on device
 

@@ -64,6 +64,15 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def api_pids(pid: int) -> list[int]:
+    """The processes that answer requests: ``pid`` itself, or, when it is uvicorn's ``--workers``
+    supervisor (which only watches them), its children."""
+    if "--workers" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0"):
+        return [pid]
+    children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return [c for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
 # --------------------------------------------------------------------------- servers
 @dataclass
 class Server:
@@ -135,8 +144,9 @@ def start_embedded(**settings: str) -> Server:
     return server
 
 
-def start_pg_redis(**settings: str) -> Server:
-    """uvicorn + one celery worker on a fresh PostgreSQL database and a unique Redis prefix."""
+def start_pg_redis(api_processes: int = 1, **settings: str) -> Server:
+    """uvicorn (``--workers api_processes``) + one celery worker on a fresh PostgreSQL database and
+    a unique Redis prefix."""
     from sqlalchemy import create_engine, text
 
     data_dir = Path(tempfile.mkdtemp(prefix="dfmscd-load-pg-"))
@@ -167,7 +177,8 @@ def start_pg_redis(**settings: str) -> Server:
     try:
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "dfmscd_service.api.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "75"],
+             "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "75",
+             *(["--workers", str(api_processes)] if api_processes > 1 else [])],
             env=env, cwd=ROOT, stdout=open(api_log, "wb"), stderr=subprocess.STDOUT)
         server.procs.append(api)
         server.api_pid = api.pid
@@ -331,25 +342,27 @@ def setup_jobs(server: Server, workdir: Path, n_jobs: int, wait_s: float = 300.0
 
 
 def run_mode(mode: str, connections: int, seconds: float, uploads: int,
-             settings: dict[str, str] | None = None) -> dict[str, Any]:
+             settings: dict[str, str] | None = None, api_processes: int = 1) -> dict[str, Any]:
     settings = settings or {}
-    server = start_embedded(**settings) if mode == "embedded" else start_pg_redis(**settings)
+    server = start_embedded(**settings) if mode == "embedded" else start_pg_redis(api_processes, **settings)
     try:
         with tempfile.TemporaryDirectory(prefix="dfmscd-load-files-") as tmp:
             work = Path(tmp)
             job_ids = setup_jobs(server, work, 5)
             load_before = load_average()
-            rss_before = rss_kib(server.api_pid)
+            pids = api_pids(server.api_pid)
+            rss_before = max(rss_kib(p) for p in pids)
             polling = poll_load(server, job_ids, connections, seconds, work)
             polling["load_average_before"], polling["load_average_after"] = load_before, load_average()
-            polling["api_rss_mib_before_after"] = [round(rss_before / 1024), round(rss_kib(server.api_pid) / 1024)]
+            polling["api_rss_mib_before_after"] = [round(rss_before / 1024), round(max(rss_kib(p) for p in pids) / 1024)]
             up = asyncio.run(concurrent_uploads(server, uploads, work))
             with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"},
                               timeout=60) as c:
                 statuses = [c.get(f"/v1/jobs/{j}").json()["status"] for j in job_ids]
-        rss_mib = round(rss_kib(server.api_pid) / 1024)
-        return {"mode": mode, "settings": settings, "polling": polling, "uploads": up, "job_statuses_after": statuses,
-                "api_rss_mib": rss_mib}
+        rss = [rss_kib(p) for p in pids]
+        return {"mode": mode, "settings": settings, "api_processes": len(pids), "polling": polling, "uploads": up,
+                "job_statuses_after": statuses, "api_rss_mib": round(max(rss) / 1024),
+                "api_rss_mib_all_processes": round(sum(rss) / 1024)}
     finally:
         server.stop()
 
@@ -361,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=15.0, help="duration of each wrk run")
     ap.add_argument("--uploads", type=int, default=20)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--api-processes", type=int, default=1,
+                    help="pg mode: uvicorn --workers (embedded mode is always one process)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a server setting, e.g. --set API_THREADS=8 (becomes DFMSCD_API_THREADS)")
     args = ap.parse_args(argv)
@@ -373,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["embedded", "pg"] if args.mode == "both" else [args.mode]
     results = []
     for m in modes:
-        results.append(run_mode(m, args.connections, args.seconds, args.uploads, settings))
+        results.append(run_mode(m, args.connections, args.seconds, args.uploads, settings, args.api_processes))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # each mode as soon as it is done
     text = json.dumps({"cpus": os.cpu_count(), "load_average_end": load_average(), "results": results}, indent=2)
     print(text)

@@ -346,28 +346,34 @@ class Distiller:
         images whose teacher argmax is the requested label, with ``"balanced"`` only those that keep
         the pool's teacher-argmax balance at ``ADMISSION_BALANCE`` (synthesis/admission.py)."""
         images, labels, argmax = out.images, out.labels, out.teacher_argmax
-        if self.config.pool_admission == "recognised":
-            keep = argmax == labels
-            self._epoch_stats["dropped"] = self._epoch_stats.get("dropped", 0.0) + float((~keep).sum())
-            if not bool(keep.any()):
-                return
-            images, labels, argmax = images[keep.to(images.device)], labels[keep], argmax[keep]
-        elif self.config.pool_admission == "balanced":
-            floor = admission_floor(self.st.images_synthesized, self.card.num_classes,
-                                    self.config.synth_batch_size, ADMISSION_LEAK)
-            keep = balanced_admission(self.pool.histogram("teacher_argmax"), argmax, ADMISSION_BALANCE, floor)
+        mode = self.config.pool_admission
+        if mode != "all":
+            if mode == "recognised":
+                keep = argmax == labels
+            else:
+                floor = admission_floor(self.st.images_synthesized, self.card.num_classes,
+                                        self.config.synth_batch_size, ADMISSION_LEAK)
+                keep = balanced_admission(self.pool.histogram("teacher_argmax"), argmax, ADMISSION_BALANCE, floor)
             self._epoch_stats["dropped"] = self._epoch_stats.get("dropped", 0.0) + float((~keep).sum())
             if not bool(keep.any()):
                 return
             images, labels, argmax = images[keep.to(images.device)], labels[keep], argmax[keep]
         self.pool.add(images, labels, argmax)
 
+    def _kd_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """An augmented KD batch from the pool (``kd_sampling``) and the teacher's logits on it."""
+        cfg = self.config
+        n = cfg.kd_batch_size
+        idx = self.pool.sample_balanced(n) if cfg.kd_sampling == "balanced" else self.pool.sample_indices(n)
+        x = self._to_input(self.pool.gather(idx), augment=True)
+        with torch.no_grad(), self.students.autocast():
+            return x, self.teacher(x).float()
+
     def _kd_phase(self, units: int) -> Outcome:
         cfg = self.config
         t0 = self._clock()
         sums: torch.Tensor | None = None
         n = 0
-        balanced = cfg.kd_sampling == "balanced"
         try:
             for step in range(cfg.kd_steps):
                 if self._cancel():
@@ -376,13 +382,9 @@ class Distiller:
                     return Outcome.OUT_OF_TIME
                 ts = self._clock()
                 self.students.set_lr_factor(cosine_factor(self._schedule_fraction()))
-                idx = self.pool.sample_balanced(cfg.kd_batch_size) if balanced else self.pool.sample_indices(cfg.kd_batch_size)
-                x = self._to_input(self.pool.gather(idx), augment=True)
-                with torch.no_grad(), self.students.autocast():
-                    t_logits = self.teacher(x).float()
-                step_losses = self.students.kd_step(x, t_logits)
-                for members in self._extra_rounds:
-                    self._extra_kd_round(members)
+                step_losses = self.students.kd_step(*self._kd_batch())
+                for members in self._extra_rounds:  # kd_rates: further updates for the cheaper students
+                    self.students.kd_step(*self._kd_batch(), members)
                 self.st.kd_steps_done += 1
                 sums = step_losses if sums is None else sums + step_losses
                 n += 1
@@ -400,33 +402,18 @@ class Distiller:
                 self._kd_step_s = kd_dt / n
         return Outcome.DONE
 
-    def _extra_kd_round(self, members: list[int]) -> None:
-        """A further update, on a fresh batch, for the students cheap enough to take it (kd_rates)."""
-        cfg = self.config
-        balanced = cfg.kd_sampling == "balanced"
-        idx = self.pool.sample_balanced(cfg.kd_batch_size) if balanced else self.pool.sample_indices(cfg.kd_batch_size)
-        x = self._to_input(self.pool.gather(idx), augment=True)
-        with torch.no_grad(), self.students.autocast():
-            t_logits = self.teacher(x).float()
-        self.students.kd_step(x, t_logits, members)
-
-    @property
-    def _extra_rounds(self) -> list[list[int]]:
-        """Round k (k >= 1) of a shared KD step: the students whose rate exceeds k."""
-        rates = self.st.kd_rates or [1] * len(self.specs)
-        return [[i for i, r in enumerate(rates) if r > k] for k in range(1, max(rates))]
-
     def _fix_kd_rates(self) -> None:
         """Measure each student's KD step once, at a run's first start, and keep the rates it gives
         (checkpointed, so a resumed run takes the same steps as an uninterrupted one)."""
-        if self.st.kd_rates:
-            return
-        if self.config.kd_max_rate == 1 or len(self.specs) == 1:
-            self.st.kd_rates = [1] * len(self.specs)
-            return
-        ms = self._kd_ms_per_student(repeats=2)
-        self.st.kd_rates = kd_rates(ms, self.config.kd_max_rate)
-        self._log("KD updates per shared step: " + ", ".join(f"{n} {r}" for n, r in zip(self.names, self.st.kd_rates)))
+        if not self.st.kd_rates:
+            if self.config.kd_max_rate == 1 or len(self.specs) == 1:
+                self.st.kd_rates = [1] * len(self.specs)
+            else:
+                self.st.kd_rates = kd_rates(self._kd_ms_per_student(repeats=2), self.config.kd_max_rate)
+                self._log("KD updates per shared step: " + ", ".join(f"{n} {r}" for n, r in zip(self.names, self.st.kd_rates)))
+        # round k >= 1 of a shared KD step: the students whose rate exceeds k
+        rates = self.st.kd_rates
+        self._extra_rounds = [[i for i, r in enumerate(rates) if r > k] for k in range(1, max(rates))]
 
     def _run_epoch(self) -> Outcome:
         cfg, e = self.config, self.st.epoch

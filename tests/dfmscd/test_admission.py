@@ -43,8 +43,8 @@ def test_a_skewed_stream_keeps_the_balance_once_past_the_floor():
     assert sum(counts) >= 0.25 * seen  # the floor's leak: the pool kept growing
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_a_run_with_balanced_admission_reports_what_it_turned_away():
-    torch.set_num_threads(1)
     cfg = resolve_config("fast", dict(synth_batch_size=16, kd_batch_size=16, kd_steps=2, latent_dim=8, generator_width=4,
                                       pool_capacity=512, inner_steps=1, warmup_epochs=1, epochs=3,
                                       pool_admission="balanced"))

@@ -23,13 +23,7 @@ TINY = dict(
 STUDENTS = [StudentSpec("resnet8", "a"), StudentSpec("resnet8", "b")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two OpenMP threads on two shared cores stall each other (10x slower here); use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/dfmscd/conftest.py
 
 
 def _distiller(seed=0, budget=Budget(epochs=4), **kw):

@@ -22,12 +22,7 @@ TINY = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/dfmscd/conftest.py
 
 
 def _run(overrides=None, students=("resnet8", "resnet8"), budget=Budget(epochs=3), **kw):

@@ -17,12 +17,7 @@ timm = pytest.importorskip("timm")
 SMALL_BN = ["timm/test_resnet", "timm/mobilenetv3_small_050", "timm/test_efficientnet", "timm/lcnet_050"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/dfmscd/conftest.py
 
 
 def _forward(model: nn.Module, c: int, side: int, n: int = 2) -> torch.Tensor:

@@ -83,7 +83,8 @@ def dominant_student_warning(costs: Mapping[str, int | float | None]) -> str | N
     return (
         f"student {name!r} is estimated to take {share:.0%} of each KD step (students share every step); "
         f"under a time budget it slows {others} as well, which then train on fewer steps. Consider a separate "
-        f"job for {name!r}, kd_max_rate > 1 (cheaper students take several updates per shared step), or an epochs budget (estimate: activations per image at the card's input shape; "
+        f"job for {name!r}, kd_max_rate > 1 (cheaper students take several updates per shared step), "
+        f"or an epochs budget (estimate: activations per image at the card's input shape; "
         f"warning when one student is >= {DOMINANT_SHARE:.0%} of the total)"
     )
 

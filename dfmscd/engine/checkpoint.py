@@ -17,11 +17,16 @@ import torch
 import torch.nn as nn
 
 from dfmscd.atomic import atomic_path
+from dfmscd.config import DistillConfig
 from dfmscd.errors import CheckpointError
 
 FORMAT = "dfmscd-run-checkpoint/1"
 # Fields that may differ between the interrupted and the resuming run without changing results.
 _FINGERPRINT_EXCLUDED = ("checkpoint_every", "device", "pool_on_device")
+# Fields at their default value are left out too: a field added in a later release (at a default
+# that keeps the old behaviour) then leaves the fingerprint of a job queued before the upgrade
+# unchanged, so that job still resumes from its checkpoint.
+_DEFAULTS = DistillConfig().model_dump(mode="json")
 
 
 def module_digest(module: nn.Module) -> str:
@@ -37,7 +42,8 @@ def module_digest(module: nn.Module) -> str:
 
 
 def run_fingerprint(config: dict[str, Any], budget: dict[str, Any], students: list[dict], card: dict, teacher_digest: str) -> str:
-    config = {k: v for k, v in config.items() if k not in _FINGERPRINT_EXCLUDED}
+    config = {k: v for k, v in config.items()
+              if k not in _FINGERPRINT_EXCLUDED and (k not in _DEFAULTS or v != _DEFAULTS[k])}
     blob = json.dumps(
         {"config": config, "budget": budget, "students": students, "card": card, "teacher": teacher_digest},
         sort_keys=True,

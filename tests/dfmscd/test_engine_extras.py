@@ -177,3 +177,15 @@ def test_a_seconds_budget_on_an_injected_clock_ends_within_tolerance_evaluation_
     assert result.status == "completed" and result.report["epochs_completed"] >= 1
     assert t["total_s"] <= 4.0 + max(0.02 * 4.0, 5.0)
     assert t["over_budget_s"] == pytest.approx(t["total_s"] - 4.0)
+
+
+def test_fingerprint_ignores_fields_at_their_default_so_older_jobs_still_resume():
+    from dfmscd.engine.checkpoint import run_fingerprint
+
+    new = resolve_config("fast", TINY).model_dump(mode="json")
+    older = {k: v for k, v in new.items() if k != "kd_max_rate"}  # written before the field existed
+    args = ({"epochs": 3}, [{"architecture": "resnet8"}], {"num_classes": 4}, "digest")
+    assert new["kd_max_rate"] == 1
+    assert run_fingerprint(new, *args) == run_fingerprint(older, *args)
+    assert run_fingerprint({**new, "kd_max_rate": 2}, *args) != run_fingerprint(older, *args)
+    assert run_fingerprint({**new, "seed": 1}, *args) != run_fingerprint(new, *args)

@@ -39,7 +39,7 @@ from dfmscd.engine.validation import check_teacher, student_card
 from dfmscd.errors import CheckpointError, UnknownArchitectureError
 from dfmscd.io.card import ModelCard
 from dfmscd.models import count_parameters, is_model
-from dfmscd.synthesis.admission import admission_floor, balanced_admission
+from dfmscd.synthesis import admission
 from dfmscd.synthesis import (
     DiffAugment,
     Generator,
@@ -55,8 +55,6 @@ from dfmscd.synthesis import (
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
 POOL_ON_DEVICE_MAX_BYTES = 2 * 2**30
-ADMISSION_BALANCE = 0.85  # pool_admission="balanced": the teacher-argmax balance admission keeps (issue 8 asks >= 0.8)
-ADMISSION_LEAK = 0.5  # ... and every class may hold half its fair share of all synthesized images
 EMA = 0.5  # smoothing of the per-step duration estimates that keep a seconds budget
 
 
@@ -344,16 +342,16 @@ class Distiller:
     def _admit(self, out: Any) -> None:
         """Add a synthesis batch to the pool; with ``pool_admission="recognised"`` only the
         images whose teacher argmax is the requested label, with ``"balanced"`` only those that keep
-        the pool's teacher-argmax balance at ``ADMISSION_BALANCE`` (synthesis/admission.py)."""
+        the pool's teacher-argmax balance at ``synthesis.admission.BALANCE``."""
         images, labels, argmax = out.images, out.labels, out.teacher_argmax
         mode = self.config.pool_admission
         if mode != "all":
             if mode == "recognised":
                 keep = argmax == labels
             else:
-                floor = admission_floor(self.st.images_synthesized, self.card.num_classes,
-                                        self.config.synth_batch_size, ADMISSION_LEAK)
-                keep = balanced_admission(self.pool.histogram("teacher_argmax"), argmax, ADMISSION_BALANCE, floor)
+                floor = admission.admission_floor(self.st.images_synthesized, self.card.num_classes,
+                                                  self.config.synth_batch_size, admission.LEAK)
+                keep = admission.balanced_admission(self.pool.histogram("teacher_argmax"), argmax, admission.BALANCE, floor)
             self._epoch_stats["dropped"] = self._epoch_stats.get("dropped", 0.0) + float((~keep).sum())
             if not bool(keep.any()):
                 return

@@ -20,6 +20,9 @@ import torch
 
 Tensor = torch.Tensor
 
+BALANCE = 0.85  # the teacher-argmax balance admission keeps (issue 8 asks >= 0.8)
+LEAK = 0.5  # every class may also hold half its fair share of all synthesized images
+
 
 def balanced_admission(counts: Sequence[int], argmax: Tensor, min_balance: float, floor: float) -> Tensor:
     """A keep-mask over ``argmax`` (the incoming images' teacher classes, in order): an image is kept

@@ -6,8 +6,7 @@ import torch
 import synthetic_task as task
 from dfmscd.config import Budget, resolve_config
 from dfmscd.engine import Distiller, StudentSpec
-from dfmscd.engine.distiller import ADMISSION_BALANCE, ADMISSION_LEAK
-from dfmscd.synthesis.admission import admission_floor, balanced_admission
+from dfmscd.synthesis.admission import BALANCE, LEAK, admission_floor, balanced_admission
 
 
 def test_keep_mask_by_hand():
@@ -54,5 +53,5 @@ def test_a_run_with_balanced_admission_reports_what_it_turned_away():
     report = result.report
     assert report["pool"]["size"] + sum(e.data.get("dropped_images", 0) for e in events if e.kind == "metrics") == report["images_synthesized"]
     hist = report["pool"]["teacher_argmax_histogram"]
-    floor = admission_floor(report["images_synthesized"], len(hist), 16, ADMISSION_LEAK)
-    assert max(hist) <= max(floor, min(hist) / ADMISSION_BALANCE) + 1
+    floor = admission_floor(report["images_synthesized"], len(hist), 16, LEAK)
+    assert max(hist) <= max(floor, min(hist) / BALANCE) + 1

@@ -18,6 +18,11 @@ trip was a quarter of a PostgreSQL-mode poll). Tickets are never shared, so the 
 exceeded; tickets a process reserved but did not use before the window ended are lost, so with P
 processes a window may allow up to (P - 1) x block fewer requests (block <= 1 % of the limit, and 1,
 i.e. exact, for limits under 200).
+
+The fast reads (api/fast_reads.py) count on the event loop, so they ask for a *local* ticket
+(``local_only``): one from this process's lease, or from in-process counters. When the next
+ticket would need a Redis round trip, or another thread is reserving a block, they get None,
+count nothing, and the request takes the exact path on a read thread, which counts it there.
 """
 
 from __future__ import annotations
@@ -121,9 +126,13 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._leases: dict[str, _Lease] = {}  # per bucket: the current window's unused tickets
 
-    def _incr(self, name: str, ttl: int, by: int) -> int:
+    def _incr(self, name: str, ttl: int, by: int, local_only: bool = False) -> int | None:
+        """The counter after adding ``by``; None, counting nothing, when ``local_only`` and that
+        would take a round trip to Redis."""
         if self.primary is self.fallback or time.monotonic() < self._primary_down_until:
             return self.fallback.incr(name, ttl, by)
+        if local_only:
+            return None
         try:
             return self.primary.incr(name, ttl, by)
         except Exception as exc:  # noqa: BLE001 - redis raises ConnectionError, TimeoutError, ...
@@ -132,26 +141,39 @@ class RateLimiter:
                         type(exc).__name__, REDIS_RETRY_SECONDS)
             return self.fallback.incr(name, ttl, by)
 
-    def _ticket(self, bucket: str, name: str, ttl: int, block: int) -> int:
-        """The next ticket of ``name``: from this process's lease, or a new block of ``block`` tickets."""
+    def _ticket(self, bucket: str, name: str, ttl: int, block: int, local_only: bool) -> int | None:
+        """The next ticket of ``name``: from this process's lease, or a new block of ``block`` tickets.
+        With ``local_only`` (the event loop's fast reads, api/fast_reads.py), None instead of
+        waiting for a Redis round trip or for another thread's reservation."""
         if block == 1 or self.primary is self.fallback:  # in-process counters gain nothing from leases
-            return self._incr(name, ttl, 1)
-        with self._lock:  # one reservation at a time, so that threads never strand a block each
+            return self._incr(name, ttl, 1, local_only)
+        # one reservation at a time, so that threads never strand a block each
+        if not self._lock.acquire(blocking=not local_only):
+            return None
+        try:
             lease = self._leases.get(bucket)
             if lease is None or lease.name != name or lease.next > lease.last:
-                top = self._incr(name, ttl, block)
+                top = self._incr(name, ttl, block, local_only)
+                if top is None:
+                    return None
                 if len(self._leases) > 1024:
                     self._leases.clear()  # idle keys' leases; the busy ones reserve again
                 lease = self._leases[bucket] = _Lease(name, top - block + 1, top)
             ticket = lease.next
             lease.next += 1
             return ticket
+        finally:
+            self._lock.release()
 
-    def hit(self, bucket: str, limit: int, window_seconds: int, now: float | None = None) -> Decision:
-        """Count one request for ``bucket``; allowed while its ticket in the window is within ``limit``."""
+    def hit(self, bucket: str, limit: int, window_seconds: int, now: float | None = None,
+            local_only: bool = False) -> Decision | None:
+        """Count one request for ``bucket``; allowed while its ticket in the window is within ``limit``.
+        None (nothing counted) only with ``local_only``, when the ticket would need a round trip."""
         now = time.time() if now is None else now
         window = int(now // window_seconds)
-        count = self._ticket(bucket, f"ratelimit:{bucket}:{window}", window_seconds + 1, lease_block(limit))
+        count = self._ticket(bucket, f"ratelimit:{bucket}:{window}", window_seconds + 1, lease_block(limit), local_only)
+        if count is None:
+            return None
         retry_after = max(1, math.ceil((window + 1) * window_seconds - now))
         return Decision(allowed=count <= limit, limit=limit, remaining=max(0, limit - count), retry_after=retry_after)
 
@@ -186,15 +208,19 @@ def allowance(settings: Settings) -> int:
     return max(1, round(settings.rate_limit_per_minute * settings.rate_limit_window_seconds / 60))
 
 
-def enforce_rate_limit(key_id: str) -> None:
-    """Raise a 429 ``rate_limited`` (with ``Retry-After``) when ``key_id`` is over its rate."""
+def enforce_rate_limit(key_id: str, local_only: bool = False) -> bool:
+    """Raise a 429 ``rate_limited`` (with ``Retry-After``) when ``key_id`` is over its rate; else
+    True. False, with nothing counted, only when ``local_only`` and counting would need a round
+    trip to Redis (the caller then takes a path that may wait)."""
     settings = get_settings()
     if not settings.rate_limit_per_minute:
-        return
+        return True
     limit = allowance(settings)
-    decision = get_limiter(settings).hit(key_id, limit, settings.rate_limit_window_seconds)
+    decision = get_limiter(settings).hit(key_id, limit, settings.rate_limit_window_seconds, local_only=local_only)
+    if decision is None:
+        return False
     if decision.allowed:
-        return
+        return True
     raise ApiError(
         429,
         "rate_limited",

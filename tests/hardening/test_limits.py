@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -223,6 +224,51 @@ def test_two_processes_leasing_tickets_never_exceed_the_limit(service):
     assert a.hit("k", 1000, 60, now=now + 60).allowed and a_counter.tries == 102
     a_counter.client.close()
     b_counter.client.close()
+
+
+class _HeldRedisCounter(_CountingRedisCounter):
+    """The real counter, holding each call until ``go`` is set (``entered`` says it is in one)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, prefix)
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def incr(self, name: str, ttl_seconds: int, by: int = 1) -> int:
+        self.entered.set()
+        assert self.go.wait(60), "never let go"
+        return super().incr(name, ttl_seconds, by)
+
+
+def test_local_tickets_never_wait_for_redis(service):
+    """The event loop's fast reads (api/fast_reads.py) take a ticket only from this process's
+    lease: without one they count nothing and get None (the exact path then counts), and they do
+    not wait for another thread's reservation. In-process counters are always local."""
+    prefix = f"local-ticket-{secrets.token_hex(4)}:"
+    counter = _HeldRedisCounter(REDIS_URL, prefix)
+    counter.go.set()
+    limiter = RateLimiter(counter)
+    now = 4_000_020.0
+    assert limiter.hit("k", 1000, 60, now=now, local_only=True) is None and counter.tries == 0  # no lease yet
+    assert limiter.hit("k", 1000, 60, now=now).remaining == 999 and counter.tries == 1  # tickets 1..10
+    local = [limiter.hit("k", 1000, 60, now=now, local_only=True) for _ in range(10)]
+    assert [d.remaining for d in local[:9]] == list(range(998, 989, -1)) and local[9] is None
+    assert counter.tries == 1
+    assert limiter.hit("k", 100, 60, now=now, local_only=True) is None  # blocks of 1: every ticket is a round trip
+
+    counter.go.clear()
+    counter.entered.clear()
+    reserving = threading.Thread(target=limiter.hit, args=("k", 1000, 60, now))
+    reserving.start()
+    assert counter.entered.wait(60)  # the other thread is inside its Redis call, holding the lease lock
+    assert limiter.hit("k", 1000, 60, now=now, local_only=True) is None
+    counter.go.set()
+    reserving.join(60)
+    assert counter.tries == 2 and limiter.hit("k", 1000, 60, now=now, local_only=True).remaining == 988
+    counter.client.close()
+
+    in_process = MemoryCounter()
+    memory = RateLimiter(in_process, in_process)  # as get_limiter builds it without Redis
+    assert [memory.hit("m", 2, 60, now=now, local_only=True).allowed for _ in range(3)] == [True, True, False]
 
 
 # --------------------------------------------------------------------------- concurrent jobs

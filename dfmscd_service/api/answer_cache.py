@@ -7,6 +7,9 @@ and the worker sets it explicitly), so a request that reads the version together
 check knows, in that one query, whether its cached bytes are still the job as stored. Entries
 are never trusted without that check, so several API processes, each with its own cache, stay
 exact; the cache is bounded by bytes and forgets the least recently used answers first.
+
+``AnswerCache`` itself only compares versions: the front cache of ``api/fast_reads.py`` keeps
+whole answers in one under the change epoch they were built in.
 """
 
 from __future__ import annotations
@@ -14,43 +17,47 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+V = TypeVar("V")
 
 
-class AnswerCache:
-    """``job id -> (version, JSON bytes)``, least recently used first out, at most ``max_bytes``."""
+class AnswerCache(Generic[V]):
+    """``key -> (version, value)``, least recently used first out, at most ``max_bytes`` in all
+    (``size(value)`` each; the values are bytes unless ``size`` says otherwise)."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, size: Callable[[V], int] = len) -> None:  # type: ignore[assignment]
         self.max_bytes = max_bytes
+        self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[datetime, bytes]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[Any, V, int]] = OrderedDict()
         self._bytes = 0
 
-    def get(self, job_id: str, version: datetime) -> bytes | None:
-        """The cached answer if it was built from this version of the job, else None."""
+    def get(self, key: Hashable, version: Any) -> V | None:
+        """The cached value if it was stored with this version, else None."""
         with self._lock:
-            entry = self._entries.get(job_id)
+            entry = self._entries.get(key)
             if entry is None or entry[0] != version:
                 return None
-            self._entries.move_to_end(job_id)
+            self._entries.move_to_end(key)
             return entry[1]
 
-    def put(self, job_id: str, version: datetime, body: bytes) -> None:
+    def put(self, key: Hashable, version: Any, value: V) -> None:
+        size = self._size(value)
         with self._lock:
-            old = self._entries.pop(job_id, None)
+            old = self._entries.pop(key, None)
             if old is not None:
-                self._bytes -= len(old[1])
-            if len(body) > self.max_bytes:
+                self._bytes -= old[2]
+            if size > self.max_bytes:
                 return
-            self._entries[job_id] = (version, body)
-            self._bytes += len(body)
+            self._entries[key] = (version, value, size)
+            self._bytes += size
             while self._bytes > self.max_bytes:
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self._bytes -= len(dropped)
+                _, (_, _, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,7 +72,7 @@ class AnswerCache:
             self._bytes = 0
 
 
-def cached_answers(cache: AnswerCache, versions: dict[str, datetime],
+def cached_answers(cache: AnswerCache[bytes], versions: dict[str, datetime],
                    build: Callable[[list[str]], dict[str, tuple[datetime, bytes]]]) -> dict[str, bytes]:
     """Each id's answer: from ``cache`` where it was built from this version, else from ``build``
     (ids -> (version read, bytes)) and cached. An id ``build`` no longer finds is left out.
@@ -87,7 +94,7 @@ def cached_answers(cache: AnswerCache, versions: dict[str, datetime],
     return out
 
 
-def cached_page(rows: list[Any], limit: int, cache: AnswerCache,
+def cached_page(rows: list[Any], limit: int, cache: AnswerCache[bytes],
                 build: Callable[[list[str]], dict[str, tuple[datetime, bytes]]]) -> bytes:
     """A list page's JSON from the rows of a key-and-page query (``item_id``, ``item_version``;
     one row with a NULL ``item_id`` for an empty page), fetched with ``limit + 1`` to learn

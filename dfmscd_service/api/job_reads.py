@@ -14,11 +14,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Connection, Row, bindparam, select
 
 from dfmscd_service.api.answer_cache import AnswerCache, cached_answers, cached_page
-from dfmscd_service.api.auth import _KEY_BY_HASH, credentials_hash, principal_of
+from dfmscd_service.api.auth import _KEY_BY_HASH, principal_of
 from dfmscd_service.api.errors import not_found
 from dfmscd_service.api.pagination import PageParams, is_valid_id
 from dfmscd_service.api.views import job_out
@@ -58,7 +57,7 @@ def _page_query(by_status: bool, after: bool) -> Any:
 
 _PAGE_QUERIES = {(s, a): _page_query(s, a) for s in (False, True) for a in (False, True)}
 
-answers = AnswerCache()  # this process's cache (api/answer_cache.py)
+answers: AnswerCache[bytes] = AnswerCache()  # this process's cache (api/answer_cache.py)
 
 
 class _JobRow:
@@ -88,40 +87,39 @@ def _build(conn: Connection, ids: list[str]) -> dict[str, tuple[datetime, bytes]
             for row in jobs}
 
 
-def poll_answer(credentials: HTTPAuthorizationCredentials | None, job_id: str) -> bytes:
-    """The caller's job as JSON (401/429 as ``auth.authenticate``; 404 for a malformed id,
-    another owner's job or none)."""
-    key_hash = credentials_hash(credentials)
+def poll_answer(key_hash: str, job_id: str) -> tuple[str, bytes]:
+    """The caller's key id and job as JSON (401/429 as ``auth.authenticate``; 404 for a malformed
+    id, another owner's job or none). ``key_hash``: ``auth.credentials_hash`` of the header."""
 
-    def read(conn: Connection) -> bytes | None:
+    def read(conn: Connection) -> tuple[str, bytes | None]:
         if not is_valid_id(job_id, "job"):  # cannot name a row (a NUL would upset PostgreSQL): key, then 404
             principal_of(conn.execute(_KEY_BY_HASH, {"key_hash": key_hash}).first())
-            return None
+            return "", None
         row = conn.execute(_KEY_AND_VERSION, {"key_hash": key_hash, "job_id": job_id}).first()
         principal = principal_of(row)
         assert row is not None
         if row.job_owner != principal.owner_id:
-            return None
-        return cached_answers(answers, {job_id: row.job_version}, lambda ids: _build(conn, ids)).get(job_id)
+            return "", None
+        return principal.key_id, cached_answers(answers, {job_id: row.job_version}, lambda ids: _build(conn, ids)).get(job_id)
 
-    body = run_read(read)
+    key_id, body = run_read(read)
     if body is None:
         raise not_found("job", job_id)
-    return body
+    return key_id, body
 
 
-def page_answer(credentials: HTTPAuthorizationCredentials | None, page: PageParams, statuses: list[str]) -> bytes:
-    """One page of the caller's jobs, newest first, as ``Page[JobOut]`` JSON (the keyset of
-    ``pagination.keyset_page``: ``after`` is the last id of the previous page)."""
-    params: dict[str, Any] = {"key_hash": credentials_hash(credentials), "limit": page.limit + 1}
+def page_answer(key_hash: str, page: PageParams, statuses: list[str]) -> tuple[str, bytes]:
+    """The caller's key id and one page of its jobs, newest first, as ``Page[JobOut]`` JSON (the
+    keyset of ``pagination.keyset_page``: ``after`` is the last id of the previous page)."""
+    params: dict[str, Any] = {"key_hash": key_hash, "limit": page.limit + 1}
     if statuses:
         params["statuses"] = statuses
     if page.after:
         params["after"] = page.after
 
-    def read(conn: Connection) -> bytes:
+    def read(conn: Connection) -> tuple[str, bytes]:
         rows = conn.execute(_PAGE_QUERIES[(bool(statuses), bool(page.after))], params).all()
-        principal_of(rows[0] if rows else None)
-        return cached_page(rows, page.limit, answers, lambda ids: _build(conn, ids))
+        principal = principal_of(rows[0] if rows else None)
+        return principal.key_id, cached_page(rows, page.limit, answers, lambda ids: _build(conn, ids))
 
     return run_read(read)

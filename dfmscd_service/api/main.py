@@ -17,6 +17,7 @@ from dfmscd_service.api.body_limit import BodySizeLimitMiddleware
 from dfmscd_service.api.dashboard import mount_dashboard
 from dfmscd_service.api.docs_ui import mount_docs
 from dfmscd_service.api.errors import CatchAllMiddleware, install_error_handlers
+from dfmscd_service.api.fast_reads import FastReads
 from dfmscd_service.api.routes import architectures, downloads, events, health, jobs, teachers, webhooks
 from dfmscd_service.core.settings import get_settings
 from dfmscd_service.core.startup import prepare
@@ -40,10 +41,11 @@ def _freeze_startup_heap() -> None:
 
 
 @asynccontextmanager
-async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The DB pool is sized from this (dfmscd_service/core/db.py): one connection per thread can never run out.
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
     await run_in_threadpool(prepare)
+    await app.state.fast_reads.start()  # after the migrations: PostgreSQL's triggers are in place
     # No torch here: the zoo, teacher checks and exports live in the torch pool (api/torch_pool.py),
     # whose children start now in the background, so the web process stays small (docs/reliability.md).
     if get_settings().api_torch_warm:
@@ -51,6 +53,7 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
         architectures.prefetch_names()
     _freeze_startup_heap()
     yield
+    await app.state.fast_reads.stop()
     await run_in_threadpool(architectures.stop_background)
     await run_in_threadpool(torch_pool.shutdown)
     await run_in_threadpool(read_threads.shutdown)
@@ -65,6 +68,7 @@ def create_app() -> FastAPI:
         docs_url=None,  # served by mount_docs from vendored assets (no CDN)
         redoc_url=None,  # ReDoc has no vendored copy: off rather than loading a CDN
     )
+    app.state.fast_reads = FastReads()  # started by the lifespan (api/fast_reads.py)
     mount_docs(app, "dfmscd")
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=get_settings().max_json_body_bytes)

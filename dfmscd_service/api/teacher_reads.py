@@ -8,11 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Connection, bindparam, select
 
 from dfmscd_service.api.answer_cache import AnswerCache, cached_page
-from dfmscd_service.api.auth import credentials_hash, principal_of
+from dfmscd_service.api.auth import principal_of
 from dfmscd_service.api.pagination import PageParams
 from dfmscd_service.api.views import teacher_out
 from dfmscd_service.core.db import run_read
@@ -35,7 +34,7 @@ def _page_query(after: bool) -> Any:
 
 
 _PAGE_QUERIES = {a: _page_query(a) for a in (False, True)}
-answers = AnswerCache(16 * 1024 * 1024)
+answers: AnswerCache[bytes] = AnswerCache(16 * 1024 * 1024)
 
 
 def _build(conn: Connection, ids: list[str]) -> dict[str, tuple[datetime, bytes]]:
@@ -43,15 +42,15 @@ def _build(conn: Connection, ids: list[str]) -> dict[str, tuple[datetime, bytes]
             for r in conn.execute(_TEACHERS_BY_ID, {"ids": ids})}
 
 
-def page_answer(credentials: HTTPAuthorizationCredentials | None, page: PageParams) -> bytes:
-    """One page of the caller's teachers, newest first, as ``Page[TeacherOut]`` JSON."""
-    params: dict[str, Any] = {"key_hash": credentials_hash(credentials), "limit": page.limit + 1}
+def page_answer(key_hash: str, page: PageParams) -> tuple[str, bytes]:
+    """The caller's key id and one page of its teachers, newest first, as ``Page[TeacherOut]`` JSON."""
+    params: dict[str, Any] = {"key_hash": key_hash, "limit": page.limit + 1}
     if page.after:
         params["after"] = page.after
 
-    def read(conn: Connection) -> bytes:
+    def read(conn: Connection) -> tuple[str, bytes]:
         rows = conn.execute(_PAGE_QUERIES[bool(page.after)], params).all()
-        principal_of(rows[0] if rows else None)
-        return cached_page(rows, page.limit, answers, lambda ids: _build(conn, ids))
+        principal = principal_of(rows[0] if rows else None)
+        return principal.key_id, cached_page(rows, page.limit, answers, lambda ids: _build(conn, ids))
 
     return run_read(read)

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     api_threads: int = Field(40, ge=1, le=1000)
     # The poll and the list pages run on threads of their own (dfmscd_service/api/read_threads.py).
     api_read_threads: int = Field(2, ge=1, le=64)
+    # ... answered on the event loop from whole cached answers while the database's change epoch
+    # has not moved (dfmscd_service/api/fast_reads.py); off: every such read takes the exact path.
+    api_fast_reads: bool = Field(True, description="serve unchanged polls and list pages without a thread or a query")
     db_pool_size: int | None = Field(None, ge=1, le=1000)
     db_pool_timeout_seconds: float = Field(30.0, gt=0)
     # The API's torch work (teacher checks, student plans, zoo listing, exports) runs in this many

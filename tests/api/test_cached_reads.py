@@ -4,7 +4,9 @@ Each test fills the cache with a read, changes the job the way another process d
 worker's recorder and outcome writes, a teacher's deletion), and reads again. The answers are
 also compared with ``Page[JobOut]`` built the slow way, from ORM rows, so the hand-assembled
 page JSON cannot drift from the schema. These run on PostgreSQL (the suite's database), whose
-reads use autocommit connections without pre-ping (``core.db.run_read``).
+reads use autocommit connections without pre-ping (``core.db.run_read``). The writes here are
+made in this process, whose session commits bump the change epoch of the fast reads at once;
+tests/api/test_fast_reads.py covers writes from other connections.
 """
 
 from __future__ import annotations

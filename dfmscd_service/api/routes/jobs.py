@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy import update
 
-from dfmscd_service.api import job_reads, read_threads
+from dfmscd_service.api import job_reads
 from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_job
 from dfmscd_service.api.errors import ApiError
+from dfmscd_service.api.fast_reads import fast_reads
 from dfmscd_service.api import job_service
 from dfmscd_service.core.models import JOB_STATUSES, Job, JobStatus, JobStudent, utcnow
 from dfmscd_service.api.pagination import PageParams, page_params
@@ -54,6 +55,7 @@ def create_job(
 
 @router.get("", response_model=Page[JobOut], responses=_ERRORS)
 async def list_jobs(
+    request: Request,
     credentials: BearerCredentials,
     page: PageParams = Depends(page_params),
     status: str | None = Query(
@@ -68,13 +70,15 @@ async def list_jobs(
             raise ApiError(422, "validation_error", f"query status: unknown status {bad[0] if bad else status!r}; "
                            f"use {', '.join(JOB_STATUSES)}")
 
-    return _json(await read_threads.run(job_reads.page_answer, credentials, page, wanted))
+    question = ("jobs", page.after, page.limit, *wanted)
+    return _json(await fast_reads(request).answer(credentials, question, job_reads.page_answer, page, wanted))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-async def get_job(job_id: str, credentials: BearerCredentials) -> Response:
-    """A job's status, progress, students and report (the poll: one query, then cached bytes; api/job_reads.py)."""
-    return _json(await read_threads.run(job_reads.poll_answer, credentials, job_id))
+async def get_job(request: Request, job_id: str, credentials: BearerCredentials) -> Response:
+    """A job's status, progress, students and report (the poll: cached bytes on the event loop while
+    nothing changed, api/fast_reads.py; else one query, then cached bytes, api/job_reads.py)."""
+    return _json(await fast_reads(request).answer(credentials, ("job", job_id), job_reads.poll_answer, job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)

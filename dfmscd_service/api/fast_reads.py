@@ -1,0 +1,108 @@
+"""The poll and the list pages answered on the event loop: whole answers, checked by the change epoch.
+
+After session 14 a poll cost one thread hop and one database round trip (the key check and the
+job's version: api/job_reads.py), and at 200 connections that was what kept its p99 above
+``/healthz``'s (docs/reliability.md, session 18). Here each successful answer is kept under
+``(key hash, what was asked)`` together with the change epoch (api/change_epoch.py) in which the
+exact path produced it; while the epoch has not moved, nothing the answer depends on (the key's
+row, the jobs, their students, the teachers) can have been committed since, so the same bytes
+are served on the event loop: no thread, no query. Any other case takes the exact path on a read
+thread (api/read_threads.py) and stores what it answered:
+
+- the epoch is None (``DFMSCD_API_FAST_READS=false``, an in-memory database, the PostgreSQL
+  listener not connected) or has moved since the entry was built;
+- nothing is cached for that key and question (401 and 404 are never cached: they keep going
+  through the exact path, which names what is wrong);
+- the key's rate limit would need a round trip to Redis for its next ticket
+  (``ratelimit.enforce_rate_limit(local_only=True)``): the exact path counts it. The fast path
+  counts every request it serves against the same limit, and answers 429 the same way.
+
+The epoch is read *before* the exact path reads the database, so a commit landing in between can
+only make the next request rebuild, never keep old bytes. The cache is bounded by bytes and
+forgets the least recently used answers first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from fastapi import Request
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from dfmscd_service.api import read_threads
+from dfmscd_service.api.answer_cache import AnswerCache
+from dfmscd_service.api.auth import credentials_hash
+from dfmscd_service.api.change_epoch import ChangeEpoch, epoch_source
+from dfmscd_service.api.ratelimit import enforce_rate_limit
+from dfmscd_service.core.settings import get_settings
+
+FRONT_CACHE_BYTES = 32 * 1024 * 1024
+_ENTRY_OVERHEAD = 200  # the key tuple, the key id and the entry itself, roughly
+
+
+def _entry_size(entry: tuple[str, bytes]) -> int:
+    return len(entry[1]) + _ENTRY_OVERHEAD
+
+
+class FastReads:
+    """One per application (``app.state.fast_reads``): the epoch, the front cache, two counters."""
+
+    def __init__(self, max_bytes: int = FRONT_CACHE_BYTES) -> None:
+        self.epoch: ChangeEpoch | None = None
+        self.cache: AnswerCache[tuple[str, bytes]] = AnswerCache(max_bytes, size=_entry_size)
+        self.hits = 0  # answered on the event loop
+        self.exact = 0  # answered by the exact path
+        self._on_commit = self._committed
+
+    async def start(self) -> None:
+        """Follow the database's changes when ``api_fast_reads`` is on (after the migrations)."""
+        settings = get_settings()
+        epoch = epoch_source(settings.resolved_database_url) if settings.api_fast_reads else None
+        if epoch is None:
+            return
+        await epoch.start()
+        self.epoch = epoch
+        # This process's own writes (a cancel, a revoked key, a deleted teacher, ...) bump the epoch
+        # right after their commit: the caller's next read sees them, whatever the notification does.
+        event.listen(Session, "after_commit", self._on_commit)
+
+    async def stop(self) -> None:
+        epoch, self.epoch = self.epoch, None
+        if epoch is None:
+            return
+        event.remove(Session, "after_commit", self._on_commit)
+        await epoch.stop()
+        self.cache.clear()
+
+    def _committed(self, _session: Session) -> None:
+        epoch = self.epoch
+        if epoch is not None:
+            epoch.bump()
+
+    async def answer(self, credentials: HTTPAuthorizationCredentials | None, question: tuple[Hashable, ...],
+                     exact: Callable[..., tuple[str, bytes]], *args: Any) -> bytes:
+        """The answer to ``question`` (what the route was asked, beyond the key) for this key:
+        cached bytes when still current, else ``exact(key_hash, *args)`` (-> key id, bytes) on a
+        read thread. Raises as the exact path does (401 first, then 429, then 404)."""
+        key_hash = credentials_hash(credentials)  # 401 for a missing or non-Bearer header, as before
+        epoch = self.epoch
+        now = epoch.current() if epoch is not None else None
+        if now is not None:
+            entry = self.cache.get((key_hash, *question), now)
+            if entry is not None and enforce_rate_limit(entry[0], local_only=True):
+                self.hits += 1
+                return entry[1]
+        self.exact += 1
+        key_id, body = await read_threads.run(exact, key_hash, *args)
+        if now is not None:
+            self.cache.put((key_hash, *question), now, (key_id, body))
+        return body
+
+
+def fast_reads(request: Request) -> FastReads:
+    """The application's ``FastReads`` (made by ``main.create_app``)."""
+    reads: FastReads = request.app.state.fast_reads
+    return reads

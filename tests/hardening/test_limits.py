@@ -241,8 +241,13 @@ class _HeldRedisCounter(_CountingRedisCounter):
 
 def test_local_tickets_never_wait_for_redis(service):
     """The event loop's fast reads (api/fast_reads.py) take a ticket only from this process's
-    lease: without one they count nothing and get None (the exact path then counts), and they do
-    not wait for another thread's reservation. In-process counters are always local."""
+    lease: without one they count nothing and get None (the exact path then counts). Half-way
+    through a block they have the next one reserved in the background, and go on taking tickets
+    while that reservation waits on Redis. In-process counters are always local.
+
+    By hand, limit 1000 (blocks of 10): the exact path reserves 1..10 and takes 1; local calls take
+    2..10, the one taking 5 starts the reservation of 11..20 (held inside its Redis call here); the
+    next local call finds no ticket; once the reservation is let go, local calls go on with 11."""
     prefix = f"local-ticket-{secrets.token_hex(4)}:"
     counter = _HeldRedisCounter(REDIS_URL, prefix)
     counter.go.set()
@@ -250,20 +255,18 @@ def test_local_tickets_never_wait_for_redis(service):
     now = 4_000_020.0
     assert limiter.hit("k", 1000, 60, now=now, local_only=True) is None and counter.tries == 0  # no lease yet
     assert limiter.hit("k", 1000, 60, now=now).remaining == 999 and counter.tries == 1  # tickets 1..10
-    local = [limiter.hit("k", 1000, 60, now=now, local_only=True) for _ in range(10)]
-    assert [d.remaining for d in local[:9]] == list(range(998, 989, -1)) and local[9] is None
-    assert counter.tries == 1
-    assert limiter.hit("k", 100, 60, now=now, local_only=True) is None  # blocks of 1: every ticket is a round trip
-
     counter.go.clear()
-    counter.entered.clear()
-    reserving = threading.Thread(target=limiter.hit, args=("k", 1000, 60, now))
-    reserving.start()
-    assert counter.entered.wait(60)  # the other thread is inside its Redis call, holding the lease lock
-    assert limiter.hit("k", 1000, 60, now=now, local_only=True) is None
+    local = [limiter.hit("k", 1000, 60, now=now, local_only=True) for _ in range(9)]
+    assert [d.remaining for d in local] == list(range(998, 989, -1))  # tickets 2..10
+    assert counter.entered.wait(60)  # the background reservation is inside its Redis call...
+    assert limiter.hit("k", 1000, 60, now=now, local_only=True) is None  # ...so none at hand: nothing counted
+    assert counter.tries == 1
     counter.go.set()
-    reserving.join(60)
-    assert counter.tries == 2 and limiter.hit("k", 1000, 60, now=now, local_only=True).remaining == 988
+    eleventh = wait_for(lambda: limiter.hit("k", 1000, 60, now=now, local_only=True), 60, 0.01,
+                        what="the reserved block")
+    assert eleventh.remaining == 989 and counter.tries == 2
+    assert int(counter.client.get(f"{prefix}ratelimit:k:{int(now // 60)}")) == 20
+    assert limiter.hit("k", 100, 60, now=now, local_only=True) is None  # blocks of 1: every ticket is a round trip
     counter.client.close()
 
     in_process = MemoryCounter()

@@ -11,4 +11,4 @@ COPY dfmscd_service ./dfmscd_service
 COPY alembic.ini ./
 RUN uv sync --frozen --no-dev --extra service
 EXPOSE 8000
-CMD ["uvicorn", "dfmscd_service.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75"]
+CMD ["uvicorn", "dfmscd_service.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75", "--loop", "asyncio"]

@@ -177,7 +177,7 @@ def start_pg_redis(api_processes: int = 1, **settings: str) -> Server:
     try:
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "dfmscd_service.api.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "75",
+             "--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "75", "--loop", "asyncio",
              *(["--workers", str(api_processes)] if api_processes > 1 else [])],
             env=env, cwd=ROOT, stdout=open(api_log, "wb"), stderr=subprocess.STDOUT)
         server.procs.append(api)

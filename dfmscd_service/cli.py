@@ -107,7 +107,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     """Run the API and one worker until interrupted. Returns the exit code."""
     import uvicorn
 
-    from dfmscd_service.api.main import create_app
+    from dfmscd_service.api.main import EVENT_LOOP, create_app
     from dfmscd_service.core.startup import prepare
 
     gpus = detect_worker_gpus()
@@ -132,8 +132,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     try:
         # Keep-alive longer than a client's (or load balancer's) idle time: a server closing an
         # idle connection just as a request arrives on it resets it (client: ReadError).
+        # asyncio's loop, not uvloop: see api.main.EVENT_LOOP.
         config = uvicorn.Config(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5,
-                                timeout_keep_alive=75)
+                                timeout_keep_alive=75, loop=EVENT_LOOP)
         server = _Server(config)
         server.run()
         return 0 if server.started else 1

@@ -12,10 +12,14 @@ thread (api/read_threads.py) and stores what it answered:
 - the epoch is None (``DFMSCD_API_FAST_READS=false``, an in-memory database, the PostgreSQL
   listener not connected) or has moved since the entry was built;
 - nothing is cached for that key and question (401 and 404 are never cached: they keep going
-  through the exact path, which names what is wrong);
-- the key's rate limit would need a round trip to Redis for its next ticket
-  (``ratelimit.enforce_rate_limit(local_only=True)``): the exact path counts it. The fast path
-  counts every request it serves against the same limit, and answers 429 the same way.
+  through the exact path, which names what is wrong).
+
+The fast path counts every request it serves against the key's rate limit and answers 429 the
+same way. It takes a ticket on the loop when this process holds one
+(``ratelimit.enforce_rate_limit(local_only=True)``); when the next one needs a round trip to Redis
+(a new window, a block not yet back) it counts on a read thread, with no query, and then answers
+from the entry, which was current when the request was taken up (the exact path would have put a
+query per waiting connection behind the two read threads at each such moment).
 
 The epoch is read *before* the exact path reads the database, so a commit landing in between can
 only make the next request rebuild, never keep old bytes. The cache is bounded by bytes and
@@ -64,10 +68,11 @@ class FastReads:
         if epoch is None:
             return
         await epoch.start()
-        self.epoch = epoch
         # This process's own writes (a cancel, a revoked key, a deleted teacher, ...) bump the epoch
         # right after their commit: the caller's next read sees them, whatever the notification does.
+        # Hooked before the epoch is in use, so that no commit falls between the two.
         event.listen(Session, "after_commit", self._on_commit)
+        self.epoch = epoch
 
     async def stop(self) -> None:
         epoch, self.epoch = self.epoch, None
@@ -92,7 +97,12 @@ class FastReads:
         now = epoch.current() if epoch is not None else None
         if now is not None:
             entry = self.cache.get((key_hash, *question), now)
-            if entry is not None and enforce_rate_limit(entry[0], local_only=True):
+            if entry is not None:
+                # No ticket at hand (a new rate-limit window, a block still on its way from Redis):
+                # count this one on a read thread, with no query, and answer what was current when
+                # the request was taken up.
+                if not enforce_rate_limit(entry[0], local_only=True):
+                    await read_threads.run(enforce_rate_limit, entry[0])
                 self.hits += 1
                 return entry[1]
         self.exact += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -30,6 +31,21 @@ events, download the students. Every endpoint but the health probes needs
 `Authorization: Bearer <api key>`; errors answer `{"error": {"code", "message"}}`."""
 
 
+# The event loop to run the API on (`uvicorn --loop asyncio`; `dfmscd serve` passes it). Not uvloop:
+# its libuv (>= 1.45) accepts one new connection per loop iteration, and when the fast reads keep
+# the loop busy an iteration serves every waiting request first, so under 200 connections some
+# were accepted only seconds later (wrk p99 3.8 s, socket timeouts; asyncio accepts them all at
+# once: p99 150-220 ms on the same machine; docs/reliability.md, session 18).
+EVENT_LOOP = "asyncio"
+
+
+def _warn_if_uvloop() -> None:
+    loop = asyncio.get_running_loop()
+    if type(loop).__module__.startswith("uvloop"):
+        log.warning("running on uvloop: under load it accepts new connections one per loop iteration, so they "
+                    "can wait seconds; run uvicorn with --loop %s (docs/reliability.md, session 18)", EVENT_LOOP)
+
+
 def _freeze_startup_heap() -> None:
     """Move the ~165k objects of the imported framework out of the collector's reach.
 
@@ -42,6 +58,7 @@ def _freeze_startup_heap() -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    _warn_if_uvloop()
     # The DB pool is sized from this (dfmscd_service/core/db.py): one connection per thread can never run out.
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
     await run_in_threadpool(prepare)

@@ -147,7 +147,7 @@ class ApiProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "dfmscd_service.api.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning", "--timeout-keep-alive", "75"],
+             "--port", str(self.port), "--log-level", "warning", "--timeout-keep-alive", "75", "--loop", "asyncio"],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self

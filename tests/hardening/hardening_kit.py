@@ -60,7 +60,8 @@ def live_server(**env: str) -> Iterator[str]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
+                                               loop="asyncio"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:

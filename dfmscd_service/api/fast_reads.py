@@ -28,6 +28,7 @@ forgets the least recently used answers first.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -57,8 +58,11 @@ class FastReads:
     def __init__(self, max_bytes: int = FRONT_CACHE_BYTES) -> None:
         self.epoch: ChangeEpoch | None = None
         self.cache: AnswerCache[tuple[str, bytes]] = AnswerCache(max_bytes, size=_entry_size)
-        self.hits = 0  # answered on the event loop
-        self.exact = 0  # answered by the exact path
+        self.hits = 0  # answered from the front cache, on the event loop
+        self.shared = 0  # answered by a build another request of the same slot and epoch had started
+        self.exact = 0  # exact-path runs (each on a read thread, with a query)
+        # slot -> (epoch, loop, future) of the exact-path run under way for it
+        self._flights: dict[tuple[Hashable, ...], tuple[Hashable, asyncio.AbstractEventLoop, asyncio.Future[tuple[str, bytes]]]] = {}
         self._on_commit = self._committed
 
     async def start(self) -> None:
@@ -95,21 +99,62 @@ class FastReads:
         key_hash = credentials_hash(credentials)  # 401 for a missing or non-Bearer header, as before
         epoch = self.epoch
         now = epoch.current() if epoch is not None else None
-        if now is not None:
-            entry = self.cache.get((key_hash, *question), now)
-            if entry is not None:
-                # No ticket at hand (a new rate-limit window, a block still on its way from Redis):
-                # count this one on a read thread, with no query, and answer what was current when
-                # the request was taken up.
-                if not enforce_rate_limit(entry[0], local_only=True):
-                    await read_threads.run(enforce_rate_limit, entry[0])
-                self.hits += 1
-                return entry[1]
+        if now is None:
+            self.exact += 1
+            return (await read_threads.run(exact, key_hash, *args))[1]
+        slot = (key_hash, *question)
+        entry = self.cache.get(slot, now)
+        if entry is None:
+            entry = await self._built(slot, now)
+            if entry is None:
+                return await self._build(slot, now, exact, key_hash, *args)
+        # No ticket at hand (a new rate-limit window, a block still on its way from Redis): count
+        # this one on a read thread, with no query, and answer what was current when it was taken up.
+        if not enforce_rate_limit(entry[0], local_only=True):
+            await read_threads.run(enforce_rate_limit, entry[0])
+        self.hits += 1
+        return entry[1]
+
+    async def _built(self, slot: tuple[Hashable, ...], now: Hashable) -> tuple[str, bytes] | None:
+        """What a build of ``slot`` in this epoch, already under way, answers; None when there is
+        none or it failed (its refusal or its 429 is its own: this request then asks for itself).
+        Without this, the first moments after any change sent every waiting connection's request to
+        the exact path at once: 150-200 queries behind two read threads."""
+        flight = self._flights.get(slot)
+        if flight is None or flight[0] != now or flight[1] is not asyncio.get_running_loop():
+            return None
+        await asyncio.wait({flight[2]})
+        future = flight[2]
+        if future.cancelled() or future.exception() is not None:
+            return None
+        self.shared += 1
+        result: tuple[str, bytes] = future.result()
+        return result
+
+    async def _build(self, slot: tuple[Hashable, ...], now: Hashable, exact: Callable[..., tuple[str, bytes]],
+                     key_hash: str, *args: Any) -> bytes:
+        """The exact path, its answer kept under the epoch read before it ran; requests for the
+        same slot in the same epoch meanwhile wait for it (``_built``)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[str, bytes]] = loop.create_future()
+        flight = self._flights[slot] = (now, loop, future)
         self.exact += 1
-        key_id, body = await read_threads.run(exact, key_hash, *args)
-        if now is not None:
-            self.cache.put((key_hash, *question), now, (key_id, body))
-        return body
+        try:
+            key_id, body = await read_threads.run(exact, key_hash, *args)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: nobody else may be waiting
+            raise
+        else:
+            self.cache.put(slot, now, (key_id, body))
+            future.set_result((key_id, body))
+            return body
+        finally:
+            if self._flights.get(slot) is flight:
+                del self._flights[slot]
 
 
 def fast_reads(request: Request) -> FastReads:

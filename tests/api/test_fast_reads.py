@@ -273,6 +273,27 @@ def test_unchanged_answers_come_from_the_event_loop_byte_for_byte(any_setup) -> 
         assert b.content == a.content and b.headers["content-type"] == a.headers["content-type"] == "application/json"
 
 
+def test_simultaneous_first_reads_share_one_exact_read(any_setup) -> None:
+    """20 requests for the same page at once, nothing cached: one exact-path run (a query on a
+    read thread), the other 19 wait for it, and all get the same bytes."""
+    import httpx
+
+    client, reads = any_setup, reads_of(any_setup)
+    auth, _, _ = make_tenant()
+    settle(client)
+
+    async def burst() -> list[Any]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=auth) as ac:
+            return await asyncio.gather(*(ac.get("/v1/jobs", params={"limit": 7}) for _ in range(20)))
+
+    exact, shared = reads.exact, reads.shared
+    answers = asyncio.run(burst())
+    assert [r.status_code for r in answers] == [200] * 20
+    assert len({r.content for r in answers}) == 1
+    assert (reads.exact, reads.shared) == (exact + 1, shared + 19)
+
+
 def test_a_change_from_another_connection_is_served_at_once(any_setup) -> None:
     client, reads = any_setup, reads_of(any_setup)
     auth, _, (job_id, other_id) = make_tenant()

@@ -84,6 +84,9 @@ class DistillConfig(BaseModel):
     peer_beta: float = Field(0.5, ge=0, le=1e4, description="weight of the peer (student-student) KD term")
     num_generators: int | None = Field(None, ge=1, le=64, description="None: one per student")
     diversity: float = Field(0.1, ge=0, le=1e4, description="weight of the term keeping generators apart")
+    unconditional_generators: int = Field(0, ge=0, le=64, description=(
+        "with conditional_generator on: this many of the mixture's generators (the last ones, never all) are "
+        "unconditional, writing class-ambiguous samples beside the conditional ones' class-covering samples"))
     generator_reset_every: int | None = Field(None, ge=1, description="re-initialise generators every N epochs")
 
     # --- pool of synthesized images ---

@@ -48,6 +48,7 @@ from dfmscd.synthesis import (
     SynthesisWeights,
     TeacherBNHooks,
     make_label_source,
+    conditional_generators,
     resolve_num_generators,
     synthesize,
 )
@@ -158,10 +159,11 @@ class Distiller:
         modules = [m.to(memory_format=f) for m, f in zip(modules, self.student_formats)]
         self.students = StudentGroup(modules, cfg, amp_dtype=self.amp_dtype)
         k = resolve_num_generators(cfg.num_generators, len(self.specs))
-        conditional_on = card.num_classes if cfg.conditional_generator else 0
+        conditional = conditional_generators(cfg, k)
 
-        def make_gen() -> Generator:
-            return Generator(cfg.latent_dim, cfg.generator_width, c, h, card.mean, card.std, conditional_on)
+        def make_gen(i: int) -> Generator:
+            classes = card.num_classes if conditional[i] else 0
+            return Generator(cfg.latent_dim, cfg.generator_width, c, h, card.mean, card.std, classes)
 
         self.mixture = MixtureOfGenerators(k, len(self.specs), make_gen, cfg.lr_g * cfg.inner_steps, dev)
         pool_bytes = cfg.pool_capacity * c * h * h
@@ -315,7 +317,7 @@ class Distiller:
                     recognised = self.pool.histogram("teacher_argmax") if len(self.pool) else None
                     labels = self.labels.next(cfg.synth_batch_size, recognised)
                     out = synthesize(
-                        slow, self.mixture.fast, self.mixture.meta_optimizers[k],
+                        slow, self.mixture.fast_for(k), self.mixture.meta_optimizers[k],
                         labels=labels, teacher=self.teacher, hooks=self.hooks, students=students,
                         partner=self.mixture.partners[k], weights=self.weights, augment=self.augment,
                         lr_g=cfg.lr_g, lr_z=cfg.lr_z, inner_steps=cfg.inner_steps,
@@ -573,6 +575,7 @@ class Distiller:
             "resumed_from_epoch": self.resumed_from,
             "num_generators": len(self.mixture),
             "generator_partners": [self.names[p] for p in self.mixture.partners],
+            "generator_conditional": [g.embed is not None for g in self.mixture.generators],
             "students": {
                 name: {
                     "architecture": spec.architecture,

@@ -60,7 +60,7 @@ def held_out_agreement(
     with students.frozen() as modules:
         for k, slow in enumerate(mixture.generators):
             out = synthesize(
-                slow, mixture.fast, None, labels=labels, teacher=teacher, hooks=hooks, students=modules,
+                slow, mixture.fast_for(k), None, labels=labels, teacher=teacher, hooks=hooks, students=modules,
                 partner=mixture.partners[k], weights=weights, augment=augment, lr_g=config.lr_g,
                 lr_z=config.lr_z, inner_steps=config.inner_steps, meta_algorithm=config.meta_algorithm,
                 other_summaries=mixture.other_summaries(k), adversarial=adversarial,

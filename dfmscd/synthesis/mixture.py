@@ -3,17 +3,22 @@
 Each generator has its own meta-optimiser and an adversarial partner student (generator k ↔
 student k mod S), so with K = S every student gets a generator that hunts for its own
 weaknesses. The last batch summary of each generator is kept so that the others can be pushed
-away from it (the diversity term). One scratch generator serves as the fast (inner-loop) copy
-for all of them, since they share an architecture.
+away from it (the diversity term). One scratch generator per architecture serves as the fast
+(inner-loop) copy: generators of a mixture may differ (class-conditional or not), and those
+that share an architecture share the scratch copy.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from dfmscd.synthesis.generator import Generator
+
+if TYPE_CHECKING:
+    from dfmscd.config import DistillConfig
 
 Tensor = torch.Tensor
 
@@ -21,6 +26,16 @@ Tensor = torch.Tensor
 def resolve_num_generators(num_generators: int | None, num_students: int) -> int:
     """``None`` means one generator per student."""
     return num_students if num_generators is None else num_generators
+
+
+def conditional_generators(config: "DistillConfig", num_generators: int) -> list[bool]:
+    """Which generators of the mixture are class-conditional: all of them when
+    ``conditional_generator`` is on, except the last ``unconditional_generators`` (at most all
+    but one: the conditional one is what keeps every class coming); none when it is off."""
+    if not config.conditional_generator:
+        return [False] * num_generators
+    free = min(config.unconditional_generators, num_generators - 1)
+    return [k < num_generators - free for k in range(num_generators)]
 
 
 def partner_students(num_generators: int, num_students: int) -> list[int]:
@@ -32,18 +47,26 @@ class MixtureOfGenerators:
         self,
         num_generators: int,
         num_students: int,
-        make_generator: Callable[[], Generator],
+        make_generator: Callable[[int], Generator],
         meta_lr: float,
         device: torch.device | str = "cpu",
     ) -> None:
         if num_generators < 1 or num_students < 1:
             raise ValueError("need at least one generator and one student")
         self.meta_lr, self.device = meta_lr, torch.device(device)
-        self.generators = [make_generator().to(self.device) for _ in range(num_generators)]
+        self.generators = [make_generator(k).to(self.device) for k in range(num_generators)]
         self.partners = partner_students(num_generators, num_students)
         self.meta_optimizers = [self._meta_optimizer(g) for g in self.generators]
-        self.fast = make_generator().to(self.device)
+        self._fast: dict[tuple, Generator] = {}
         self.summaries: list[Tensor | None] = [None] * num_generators
+
+    def fast_for(self, k: int) -> Generator:
+        """The scratch (inner-loop) copy for generator k: one per architecture, made on first use."""
+        g = self.generators[k]
+        shape = tuple((name, tuple(t.shape)) for name, t in g.state_dict().items())
+        if shape not in self._fast:
+            self._fast[shape] = copy.deepcopy(g)
+        return self._fast[shape]
 
     def _meta_optimizer(self, g: Generator) -> torch.optim.Adam:
         # Fast-DFKD: Adam with beta1 = 0.5, meta step lr_g × inner steps (passed in as meta_lr).

@@ -26,8 +26,8 @@ STUDENTS = [StudentSpec("resnet8", "a"), StudentSpec("resnet8", "b")]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/dfmscd/conftest.py
 
 
-def _distiller(seed=0, budget=Budget(epochs=4), **kw):
-    cfg = resolve_config("fast", {**TINY, "seed": seed})
+def _distiller(seed=0, budget=Budget(epochs=4), overrides=None, **kw):
+    cfg = resolve_config("fast", {**TINY, "seed": seed, **(overrides or {})})
     return Distiller(task.teacher(), task.card(), STUDENTS, cfg, budget, **kw)
 
 
@@ -61,6 +61,7 @@ def test_result_has_students_cards_report_and_samples(straight, tmp_path):
     report = json.loads(json.dumps(result.report))  # JSON-serialisable
     assert report["epochs_completed"] == 4 and report["num_generators"] == 2
     assert report["generator_partners"] == ["a", "b"]
+    assert report["generator_conditional"] == [True, True]
     assert report["config"]["seed"] == 0 and report["budget"] == {"epochs": 4}
     assert report["kd_steps"] == (4 - report["warmup_epochs"]) * TINY["kd_steps"]
     for s in report["students"].values():
@@ -109,6 +110,26 @@ def test_resume_after_interruption_gives_bitwise_identical_students(straight, tm
     assert resumed.status == "completed" and resumed.report["resumed_from_epoch"] == 2
     assert _same_students(resumed, straight[0])
     assert resumed.report["pool"] == straight[0].report["pool"]
+
+
+def test_a_mixture_with_an_unconditional_generator_resumes_bitwise(tmp_path):
+    """One conditional and one unconditional generator (``unconditional_generators=1``): each takes its
+    own inner-loop copy, the report says which is which, and a resume is still bitwise."""
+    mixed = {"unconditional_generators": 1}
+    straight = _distiller(overrides=mixed).run()
+    assert straight.report["generator_conditional"] == [True, False]
+    assert not _same_students(straight, _distiller().run())  # the unconditional generator changed the run
+    path = tmp_path / "mixed.ckpt"
+    stop = {"now": False}
+
+    def on_event(e: Event) -> None:
+        if e.kind == "checkpoint" and e.data["epoch"] == 2:
+            stop["now"] = True
+
+    first = _distiller(overrides=mixed, callbacks=[on_event], should_cancel=lambda: stop["now"], checkpoint_path=path).run()
+    assert first.status == "cancelled" and first.report["epochs_completed"] == 2
+    resumed = _distiller(overrides=mixed, checkpoint_path=path).run(resume=True)
+    assert resumed.report["resumed_from_epoch"] == 2 and _same_students(resumed, straight)
 
 
 def test_same_seed_reproduces_and_another_seed_differs(straight):

@@ -15,7 +15,7 @@ from dfmscd.synthesis import (
 )
 
 
-def _gen():
+def _gen(k=0):
     return Generator(latent_dim=8, width=4, channels=1, image_size=8, mean=[0.5], std=[0.5], num_classes=3)
 
 
@@ -59,7 +59,7 @@ def _setup():
 
 def _step(mix, k, teacher, students, hooks, meta=True, algorithm="reptile", **kw):
     return synthesize(
-        mix.generators[k], mix.fast, mix.meta_optimizers[k] if meta else None,
+        mix.generators[k], mix.fast_for(k), mix.meta_optimizers[k] if meta else None,
         labels=torch.tensor([0, 1, 2, 0, 1, 2]), teacher=teacher, hooks=hooks, students=students,
         partner=mix.partners[k], weights=SynthesisWeights(10.0, 0.5, 1.33, 1.0, 0.1), augment=None,
         lr_g=0.01, lr_z=0.05, inner_steps=2, meta_algorithm=algorithm,
@@ -124,3 +124,35 @@ def test_mixture_state_round_trip():
     assert other.summaries[0] is None and torch.equal(other.summaries[1], torch.arange(3.0))
     with pytest.raises(ValueError):
         MixtureOfGenerators(3, 2, _gen, meta_lr=0.01).load_state_dict(mix.state_dict())
+
+
+@pytest.mark.parametrize(
+    "conditional, unconditional, k, expected",
+    [(True, 0, 3, [True, True, True]), (True, 2, 3, [True, False, False]), (True, 5, 3, [True, False, False]),
+     (True, 1, 1, [True]), (False, 0, 2, [False, False]), (False, 1, 3, [False, False, False])],
+)
+def test_which_generators_are_conditional(conditional, unconditional, k, expected):
+    from dfmscd.config import resolve_config
+    from dfmscd.synthesis import conditional_generators
+
+    cfg = resolve_config("fast", {"conditional_generator": conditional, "unconditional_generators": unconditional})
+    assert conditional_generators(cfg, k) == expected
+
+
+def _maybe_conditional(k):
+    return Generator(latent_dim=8, width=4, channels=1, image_size=8, mean=[0.5], std=[0.5],
+                     num_classes=3 if k == 0 else 0)
+
+
+def test_a_mixed_mixture_steps_each_generator_with_a_scratch_copy_of_its_own_architecture():
+    teacher, students, hooks, _ = _setup()
+    mix = MixtureOfGenerators(3, 2, _maybe_conditional, meta_lr=0.01)
+    assert mix.generators[0].embed is not None and mix.generators[1].embed is None
+    assert mix.fast_for(1) is mix.fast_for(2)  # same architecture, one scratch copy
+    assert mix.fast_for(0) is not mix.fast_for(1)
+    assert mix.fast_for(0).embed is not None and mix.fast_for(1).embed is None
+    for k in range(3):
+        before = [p.clone() for p in mix.generators[k].parameters()]
+        out = _step(mix, k, teacher, students, hooks)
+        assert out is not None and out.images.shape == (6, 1, 8, 8)
+        assert any(not torch.equal(a, b) for a, b in zip(before, mix.generators[k].parameters()))

@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -466,6 +467,9 @@ def test_every_shipped_api_command_runs_on_asyncios_loop(caplog: pytest.LogCaptu
     cmd = json.loads((root / "Dockerfile").read_text().split("\nCMD ", 1)[1].splitlines()[0])
     for command in (compose, cmd):
         assert command[0] == "uvicorn" and command[command.index("--loop") + 1] == EVENT_LOOP == "asyncio"
+    # ... and a plain `uvicorn` (--loop auto) picks asyncio too: the service extra installs no uvloop
+    service_extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["service"]
+    assert not [d for d in service_extra if d.startswith("uvloop")]
 
     async def warn() -> None:
         _warn_if_uvloop()

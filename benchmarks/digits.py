@@ -240,8 +240,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "dataset": args.dataset, "protocol": "matrix (equal total wall time)",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "device": str(device), "torch": torch.__version__},
+        "machine": machine_info(device),
         "split": {"seed": args.split_seed, "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
         "teacher": {**teacher_meta, "test_accuracy": teacher_test, "weights": str(paths["weights"])},
         "real_within_class_distance": real_div,
@@ -283,16 +282,39 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def cpu_model() -> str:
+    """The CPU's model name: CPU-second budgets buy different work on different CPUs (and a teacher
+    retrained on another CPU differs), so results must say which one they ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: Any) -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__}
+
+
 SETUP_KEYS = ("dataset", "budget_s", "budget_clock", "preset", "set", "students", "split", "real_within_class_distance")
 
 
 def merge_matrices(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One matrix from several of the same set-up (teacher, split, budget, preset, students): the
-    runs side by side, seeds and arms united. Refuses parts that differ in set-up or repeat a run."""
+    """One matrix from several of the same set-up (teacher, split, budget, preset, students, CPU): the
+    runs side by side, seeds and arms united. Refuses parts that differ in set-up or repeat a run. The
+    teacher's cache path is the same on every machine, its weights are not (retrained on another CPU),
+    so its accuracy is compared too."""
     from benchmarks.tables import matrix_summary
 
     def setup(part: dict[str, Any]) -> dict[str, Any]:
-        return {**{k: part.get(k) for k in SETUP_KEYS}, "teacher": (part.get("teacher") or {}).get("weights")}
+        teacher = part.get("teacher") or {}
+        return {**{k: part.get(k) for k in SETUP_KEYS}, "teacher": teacher.get("weights"),
+                "teacher_test_accuracy": teacher.get("test_accuracy"), "cpu": (part.get("machine") or {}).get("cpu")}
 
     first = parts[0]
     for part in parts[1:]:
@@ -343,8 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": args.dataset,
         "run_kind": "quick smoke run (not the target measurement)" if args.quick else "full run",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "device": str(device), "torch": torch.__version__},
+        "machine": machine_info(device),
         "split": {"seed": args.split_seed, "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
         "teacher": {**teacher_meta, "test_accuracy": teacher_test, "weights": str(paths["weights"]), "card": str(paths["card"])},
         "preset": args.preset,

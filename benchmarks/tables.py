@@ -25,6 +25,12 @@ def target_checks(r: dict[str, Any]) -> dict[str, Any]:
     return checks
 
 
+def _machine(r: dict[str, Any]) -> str:
+    """"cpu (CPU model)" where the result names its CPU (results written before it did not)."""
+    m = r["machine"]
+    return f"{m['device']} ({m['cpu']})" if m.get("cpu") and m["device"] == "cpu" else m["device"]
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
 
@@ -41,7 +47,7 @@ def markdown_report(r: dict[str, Any]) -> str:
         f"Teacher {t['architecture']} test accuracy {_pct(t['test_accuracy'])} (val {_pct(t['val_accuracy'])}); "
         f"split train/val/test {r['split']['train']}/{r['split']['val']}/{r['split']['test']} (seed {r['split']['seed']}); "
         f"preset `{r['preset']}`, DF-MSCD budget {r['budget_s']:.0f} s, baselines matched on {r['baseline_match']}; "
-        f"{r['machine']['device']}, {r['machine']['torch_threads']} torch threads.",
+        f"{_machine(r)}, {r['machine']['torch_threads']} torch threads.",
         "",
         "| method | student | test acc | / teacher | wall s | images/s | pool balance (min/max) | epochs |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -130,7 +136,7 @@ def matrix_markdown(r: dict[str, Any]) -> str:
         f"budget T = {r['budget_s']:.0f} s, seeds {r['seeds']}",
         "",
         f"Teacher {t['architecture']} test {t['test_accuracy'] * 100:.2f}% (val {t['val_accuracy'] * 100:.2f}%); "
-        f"preset `{r['preset']}` {' '.join(r['set'])}; {r['machine']['device']}, {r['machine']['torch_threads']} torch "
+        f"preset `{r['preset']}` {' '.join(r['set'])}; {_machine(r)}, {r['machine']['torch_threads']} torch "
         f"threads; mean ± sample std over seeds. Diversity: mean pairwise distance of same-class pool images in the "
         f"teacher's penultimate features, / the same on real training images "
         f"({r['real_within_class_distance']:.3f}).",

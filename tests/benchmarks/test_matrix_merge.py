@@ -34,11 +34,12 @@ def test_parts_merge_into_one_summary_over_their_seeds(tmp_path: Path) -> None:
 
     paths = []
     for i, part in enumerate((_part(0, 0.96), _part(1, 0.98))):
+        part["machine"]["cpu"] = "AMD EPYC 9B14"
         paths.append(tmp_path / f"p{i}.json")
         paths[-1].write_text(json.dumps(part))
     assert main(["--merge", *map(str, paths), "--tag", "_t", "--out-dir", str(tmp_path)]) == 0
     table = (tmp_path / "digits_matrix_300s_t.md").read_text()
-    assert "seeds [0, 1]" in table and "0.970 ± 0.014" in table
+    assert "seeds [0, 1]" in table and "0.970 ± 0.014" in table and "cpu (AMD EPYC 9B14)" in table
 
 
 def test_parts_of_different_set_ups_or_repeated_runs_are_refused() -> None:
@@ -50,6 +51,14 @@ def test_parts_of_different_set_ups_or_repeated_runs_are_refused() -> None:
     moved["teacher"] = {**moved["teacher"], "weights": "other.safetensors"}
     with pytest.raises(ValueError, match="teacher differs"):
         merge_matrices([_part(0, 0.96), moved])
+    retrained = _part(1, 0.98)  # same cache path, weights trained again on another CPU
+    retrained["teacher"] = {**retrained["teacher"], "test_accuracy": 0.9917}
+    with pytest.raises(ValueError, match="teacher_test_accuracy differs"):
+        merge_matrices([_part(0, 0.96), retrained])
+    elsewhere = _part(1, 0.98)
+    elsewhere["machine"] = {**elsewhere["machine"], "cpu": "Intel(R) Xeon(R) Processor"}
+    with pytest.raises(ValueError, match="cpu differs"):
+        merge_matrices([_part(0, 0.96), elsewhere])
     with pytest.raises(ValueError, match="appears twice"):
         merge_matrices([_part(0, 0.96), _part(0, 0.97)])
     stopped = copy.deepcopy(_part(1, 0.98))

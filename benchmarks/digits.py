@@ -295,8 +295,6 @@ def cpu_model() -> str:
 
 
 def machine_info(device: Any) -> dict[str, Any]:
-    import torch
-
     return {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__}
 

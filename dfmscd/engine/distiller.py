@@ -575,7 +575,7 @@ class Distiller:
             "resumed_from_epoch": self.resumed_from,
             "num_generators": len(self.mixture),
             "generator_partners": [self.names[p] for p in self.mixture.partners],
-            "generator_conditional": [g.embed is not None for g in self.mixture.generators],
+            "generator_conditional": [g.num_classes > 0 for g in self.mixture.generators],
             "students": {
                 name: {
                     "architecture": spec.architecture,

@@ -57,16 +57,25 @@ class MixtureOfGenerators:
         self.generators = [make_generator(k).to(self.device) for k in range(num_generators)]
         self.partners = partner_students(num_generators, num_students)
         self.meta_optimizers = [self._meta_optimizer(g) for g in self.generators]
-        self._fast: dict[tuple, Generator] = {}
+        self._fast = self._scratch_copies(self.generators)
         self.summaries: list[Tensor | None] = [None] * num_generators
 
+    @staticmethod
+    def _scratch_copies(generators: list[Generator]) -> list[Generator]:
+        """One scratch copy per architecture (same parameter names and shapes), shared by the
+        generators that have it; worked out once here rather than on every synthesis step."""
+        by_shape: dict[tuple, Generator] = {}
+        copies = []
+        for g in generators:
+            shape = tuple((name, tuple(t.shape)) for name, t in g.state_dict().items())
+            if shape not in by_shape:
+                by_shape[shape] = copy.deepcopy(g)
+            copies.append(by_shape[shape])
+        return copies
+
     def fast_for(self, k: int) -> Generator:
-        """The scratch (inner-loop) copy for generator k: one per architecture, made on first use."""
-        g = self.generators[k]
-        shape = tuple((name, tuple(t.shape)) for name, t in g.state_dict().items())
-        if shape not in self._fast:
-            self._fast[shape] = copy.deepcopy(g)
-        return self._fast[shape]
+        """The scratch (inner-loop) copy for generator k (synthesis loads k's weights into it)."""
+        return self._fast[k]
 
     def _meta_optimizer(self, g: Generator) -> torch.optim.Adam:
         # Fast-DFKD: Adam with beta1 = 0.5, meta step lr_g × inner steps (passed in as meta_lr).

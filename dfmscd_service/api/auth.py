@@ -18,10 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from dfmscd_service.core.db import get_session
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.core.models import ApiKey, new_id, utcnow
+from dfmscd_service.api.http.errors import ApiError
 from dfmscd_service.api.ratelimit import enforce_rate_limit
+from dfmscd_service.core.db import get_session
+from dfmscd_service.core.models import ApiKey, new_id, utcnow
 
 KEY_PREFIX = "dfk_"
 _bearer = HTTPBearer(auto_error=False, description="an API key from `dfmscd keys create`")
@@ -139,5 +139,5 @@ async def bearer_credentials(
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> HTTPAuthorizationCredentials | None:
     """The raw ``Authorization`` header for routes that check the key themselves, in the same
-    thread trip as their query (``dfmscd_service.api.job_reads``, ``teacher_reads``)."""
+    thread trip as their query (``dfmscd_service.api.reads.job_reads``, ``teacher_reads``)."""
     return credentials

@@ -10,14 +10,14 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
 from dfmscd_service.api.auth import Principal, bearer_credentials, require_key
-from dfmscd_service.api.errors import not_found
-from dfmscd_service.api.pagination import is_valid_id
+from dfmscd_service.api.http.errors import not_found
+from dfmscd_service.api.http.pagination import is_valid_id
 from dfmscd_service.core.db import get_session
 from dfmscd_service.core.models import Job, Teacher
 
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentKey = Annotated[Principal, Depends(require_key)]
-# For async routes that check the key in their own thread trip (dfmscd_service/api/job_reads.py).
+# For async routes that check the key in their own thread trip (dfmscd_service/api/reads/job_reads.py).
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_credentials)]
 
 

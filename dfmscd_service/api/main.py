@@ -13,13 +13,14 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import dfmscd
-from dfmscd_service.api import read_threads, torch_pool
-from dfmscd_service.api.body_limit import BodySizeLimitMiddleware
 from dfmscd_service.api.dashboard import mount_dashboard
 from dfmscd_service.api.docs_ui import mount_docs
-from dfmscd_service.api.errors import CatchAllMiddleware, install_error_handlers
-from dfmscd_service.api.fast_reads import FastReads
+from dfmscd_service.api.http.body_limit import BodySizeLimitMiddleware
+from dfmscd_service.api.http.errors import CatchAllMiddleware, install_error_handlers
+from dfmscd_service.api.reads import read_threads
+from dfmscd_service.api.reads.fast_reads import FastReads
 from dfmscd_service.api.routes import architectures, downloads, events, health, jobs, teachers, webhooks
+from dfmscd_service.api.services import torch_pool
 from dfmscd_service.core.settings import get_settings
 from dfmscd_service.core.startup import prepare
 
@@ -63,7 +64,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
     await run_in_threadpool(prepare)
     await app.state.fast_reads.start()  # after the migrations: PostgreSQL's triggers are in place
-    # No torch here: the zoo, teacher checks and exports live in the torch pool (api/torch_pool.py),
+    # No torch here: the zoo, teacher checks and exports live in the torch pool (api/services/torch_pool.py),
     # whose children start now in the background, so the web process stays small (docs/reliability.md).
     if get_settings().api_torch_warm:
         torch_pool.warm()
@@ -85,7 +86,7 @@ def create_app() -> FastAPI:
         docs_url=None,  # served by mount_docs from vendored assets (no CDN)
         redoc_url=None,  # ReDoc has no vendored copy: off rather than loading a CDN
     )
-    app.state.fast_reads = FastReads()  # started by the lifespan (api/fast_reads.py)
+    app.state.fast_reads = FastReads()  # started by the lifespan (api/reads/fast_reads.py)
     mount_docs(app, "dfmscd")
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=get_settings().max_json_body_bytes)

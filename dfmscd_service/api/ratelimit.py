@@ -19,7 +19,7 @@ exceeded; tickets a process reserved but did not use before the window ended are
 processes a window may allow up to (P - 1) x block fewer requests (block <= 1 % of the limit, and 1,
 i.e. exact, for limits under 200).
 
-The fast reads (api/fast_reads.py) count on the event loop, so they ask for a *local* ticket
+The fast reads (api/reads/fast_reads.py) count on the event loop, so they ask for a *local* ticket
 (``local_only``): one from this process's lease, or from in-process counters; with no ticket at
 hand they get None, count nothing, and the request takes the exact path on a read thread, which
 counts it there. So that this is rare, a local caller that has used half of a block has the next
@@ -41,7 +41,7 @@ from typing import Protocol
 
 import redis
 
-from dfmscd_service.api.errors import ApiError
+from dfmscd_service.api.http.errors import ApiError
 from dfmscd_service.core.broker import is_redis_url
 from dfmscd_service.core.settings import Settings, get_settings
 
@@ -177,7 +177,7 @@ class RateLimiter:
 
     def _ticket(self, bucket: str, name: str, ttl: int, block: int, local_only: bool) -> int | None:
         """The next ticket of ``name``: from this process's lease, or a new block of ``block`` tickets.
-        With ``local_only`` (the event loop's fast reads, api/fast_reads.py), None instead of
+        With ``local_only`` (the event loop's fast reads, api/reads/fast_reads.py), None instead of
         waiting for a Redis round trip; such a caller also reserves the next block in the
         background once half of the current one is gone, so that it rarely finds none."""
         if block == 1 or self.primary is self.fallback:  # in-process counters gain nothing from leases

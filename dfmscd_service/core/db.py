@@ -70,7 +70,7 @@ _read_engines: dict[str, Engine] = {}
 
 
 def get_read_engine(url: str | None = None) -> Engine:
-    """The engine of the API's cheap reads (``api.job_reads``): on PostgreSQL, autocommit
+    """The engine of the API's cheap reads (``api.reads.job_reads``): on PostgreSQL, autocommit
     connections with neither a pre-ping nor a rollback on return, so a poll's query is its only
     round trip (the ping, BEGIN and ROLLBACK around it were three more: most of a poll's time);
     ``run_read`` retries once on a dropped connection instead. SQLite's reads are local: the

@@ -80,19 +80,19 @@ class Settings(BaseSettings):
     )
     # Concurrency of the API process. Sync routes run on AnyIO's threadpool (``api_threads``
     # tokens); each thread holds at most one pooled connection, and only while it runs (see
-    # dfmscd_service/api/routing.py), so a pool at least as large as the threadpool can never be exhausted by
+    # dfmscd_service/api/http/routing.py), so a pool at least as large as the threadpool can never be exhausted by
     # requests waiting for a thread. ``db_pool_size`` None = api_threads + api_read_threads + 2 (the readiness probe
     # and the architectures' background fill).
     api_threads: int = Field(40, ge=1, le=1000)
-    # The poll and the list pages run on threads of their own (dfmscd_service/api/read_threads.py).
+    # The poll and the list pages run on threads of their own (dfmscd_service/api/reads/read_threads.py).
     api_read_threads: int = Field(2, ge=1, le=64)
     # ... answered on the event loop from whole cached answers while the database's change epoch
-    # has not moved (dfmscd_service/api/fast_reads.py); off: every such read takes the exact path.
+    # has not moved (dfmscd_service/api/reads/fast_reads.py); off: every such read takes the exact path.
     api_fast_reads: bool = Field(True, description="serve unchanged polls and list pages without a thread or a query")
     db_pool_size: int | None = Field(None, ge=1, le=1000)
     db_pool_timeout_seconds: float = Field(30.0, gt=0)
     # The API's torch work (teacher checks, student plans, zoo listing, exports) runs in this many
-    # spawned child processes (dfmscd_service/api/torch_pool.py), so the web process never imports torch.
+    # spawned child processes (dfmscd_service/api/services/torch_pool.py), so the web process never imports torch.
     api_torch_processes: int = Field(1, ge=1, le=64)
     api_torch_warm: bool = Field(True, description="start the torch processes with the API, not at the first upload")
     # Largest JSON request body (POST /v1/jobs); teacher uploads have their own caps above.

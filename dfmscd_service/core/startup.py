@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dfmscd_service.core.migrate import upgrade_head
 from dfmscd_service.core.settings import get_settings
-from dfmscd_service.core.storage import remove_stale_temp_files
+from dfmscd_service.core.storage_local import remove_stale_temp_files
 
 
 def prepare(migrate: bool | None = None) -> None:

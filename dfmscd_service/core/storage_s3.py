@@ -1,4 +1,5 @@
-"""The S3-compatible backend of ``core.storage`` (AWS S3, MinIO, moto's server, ...).
+"""The S3-compatible storage backend (AWS S3, MinIO, moto's server, ...): ``core.storage_base``'s
+``Storage`` on a bucket; ``core.storage.get_storage`` chooses it when ``storage_url`` is set.
 
 Why its own module: only S3 mode needs boto3, and the disk backend stays the embedded default.
 Writes stream: an ``S3Writer`` holds at most one part (``s3_part_bytes``) in memory, hashes
@@ -26,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from dfmscd_service.core.settings import Settings
-from dfmscd_service.core.storage import (
+from dfmscd_service.core.storage_base import (
     CHUNK,
     ObjectWriter,
     StorageError,

@@ -2,7 +2,7 @@
 
 The Distiller writes its checkpoint to the job's local scratch directory. With a bucket as
 storage the worker hosts share nothing but the database, the broker and the bucket, so the
-checkpoint is also uploaded (key ``core.storage.checkpoint_key``) each time the Distiller
+checkpoint is also uploaded (key ``core.storage_base.checkpoint_key``) each time the Distiller
 reports one, and a new attempt downloads it before it starts. The upload runs as the first
 callback, before the event is recorded: once a ``checkpoint`` event is in the database the
 bucket holds that checkpoint. With local storage (one host) nothing is mirrored.
@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from dfmscd_service.core.storage import Storage, checkpoint_key
+from dfmscd_service.core.storage_base import Storage, checkpoint_key
 
 log = logging.getLogger("dfmscd.worker")
 

@@ -88,7 +88,7 @@ class EventRecorder:
                     self._job_update(session, **job_values)
                 self._insert(session, kind, epoch, progress, data)
                 if kind == "metrics":
-                    if job_values is None:  # student rows change: the job's updated_at must too (api/answer_cache.py)
+                    if job_values is None:  # student rows change: the job's updated_at must too (api/reads/answer_cache.py)
                         self._job_update(session)
                     self._student_metrics(session, data, epoch)
                 session.commit()

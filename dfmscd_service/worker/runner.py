@@ -34,11 +34,11 @@ from dfmscd.outputs import run_outputs
 from dfmscd_service.core.db import session_factory
 from dfmscd_service.core.models import Job, JobStatus, JobStudent, Teacher, utcnow
 from dfmscd_service.core.settings import Settings, get_settings
-from dfmscd_service.core.storage import (
+from dfmscd_service.core.storage import get_storage
+from dfmscd_service.core.storage_base import (
     Storage,
     StorageError,
     StorageUnavailable,
-    get_storage,
     local_copy,
     samples_key,
     student_key,

@@ -1,4 +1,4 @@
-"""The poll and the list pages answer from cached bytes (api/answer_cache.py): never a stale job.
+"""The poll and the list pages answer from cached bytes (api/reads/answer_cache.py): never a stale job.
 
 Each test fills the cache with a read, changes the job the way another process does (the
 worker's recorder and outcome writes, a teacher's deletion), and reads again. The answers are
@@ -15,11 +15,11 @@ from sqlalchemy import select, text, update
 
 from service_kit import job_body, make_key, upload_teacher
 
-from dfmscd_service.api import job_reads
-from dfmscd_service.api.answer_cache import AnswerCache
+from dfmscd_service.api.auth import hash_key
+from dfmscd_service.api.reads import job_reads
+from dfmscd_service.api.reads.answer_cache import AnswerCache
 from dfmscd_service.api.schemas import JobOut, Page, TeacherOut
 from dfmscd_service.api.views import job_out, teacher_out
-from dfmscd_service.api.auth import hash_key
 from dfmscd_service.core.db import get_read_engine, session_factory, session_scope
 from dfmscd_service.core.models import Job, JobStudent, Teacher
 from dfmscd_service.worker.recorder import EventRecorder

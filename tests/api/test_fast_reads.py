@@ -1,5 +1,5 @@
-"""Fast reads (api/fast_reads.py): unchanged polls and list pages answered on the event loop,
-checked by the change epoch (api/change_epoch.py), never stale past what the epoch can see.
+"""Fast reads (api/reads/fast_reads.py): unchanged polls and list pages answered on the event loop,
+checked by the change epoch (api/reads/change_epoch.py), never stale past what the epoch can see.
 
 Real components only: a SQLite file and the test PostgreSQL (with migration 0004's triggers),
 apps started through their lifespan by ``TestClient`` (whose event loop runs in a thread of its
@@ -30,8 +30,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from dfmscd_service.api.auth import create_api_key
-from dfmscd_service.api.change_epoch import CHANNEL, PgNotifyListener, SqliteDataVersion, epoch_source
-from dfmscd_service.api.fast_reads import FastReads
+from dfmscd_service.api.reads.change_epoch import CHANNEL, PgNotifyListener, SqliteDataVersion, epoch_source
+from dfmscd_service.api.reads.fast_reads import FastReads
 from dfmscd_service.core import models as M
 from dfmscd_service.core.db import dispose_engines, session_scope
 from dfmscd_service.core.migrate import upgrade_head

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from service_kit import assert_error, wait_for
 
-from dfmscd_service.api.errors import CatchAllMiddleware, install_error_handlers
+from dfmscd_service.api.http.errors import CatchAllMiddleware, install_error_handlers
 from dfmscd_service.core.settings import get_settings
 
 

@@ -39,7 +39,7 @@ def test_upgrade_from_empty_then_downgrade_to_base(empty_db):
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), Base.metadata)
         assert diff == [], f"models and migrations differ: {diff}"
         assert _change_triggers(engine) == (CHANGE_TRIGGERS if engine.dialect.name == "postgresql" else set())
-        downgrade(empty_db, "0003")  # the triggers and their function go (api/change_epoch.py)
+        downgrade(empty_db, "0003")  # the triggers and their function go (api/reads/change_epoch.py)
         assert _change_triggers(engine) == set()
         downgrade(empty_db, "base")
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}

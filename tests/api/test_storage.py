@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from dfmscd_service.core.storage import LocalStorage
+from dfmscd_service.core.storage_local import LocalStorage
 
 
 def test_write_is_atomic_and_hashed(tmp_path):
@@ -46,7 +46,7 @@ def test_stale_temp_files_are_removed_and_fresh_ones_and_objects_kept(tmp_path):
     import os
     import time
 
-    from dfmscd_service.core.storage import remove_stale_temp_files
+    from dfmscd_service.core.storage_local import remove_stale_temp_files
 
     st = LocalStorage(tmp_path / "root")
     kept = st.write("teachers/t1/weights.safetensors", lambda p: p.write_bytes(b"w"))
@@ -66,7 +66,7 @@ def test_stale_temp_files_are_removed_and_fresh_ones_and_objects_kept(tmp_path):
 
 
 def test_streamed_writer_commits_atomically_or_leaves_nothing(tmp_path):
-    from dfmscd_service.core.storage import local_copy
+    from dfmscd_service.core.storage_base import local_copy
 
     st = LocalStorage(tmp_path / "root")
     w = st.open_writer("s/obj.bin")

@@ -190,8 +190,8 @@ def unmount(path: Path) -> None:
 
 
 def temp_files(*roots: Path) -> list[Path]:
-    """Leftovers of interrupted writes: the names dfmscd_service.core.storage / dfmscd.io / dfmscd_service.api.uploads use for temp files."""
-    from dfmscd_service.core.storage import _is_temp_name
+    """Leftovers of interrupted writes: the names the storage backends (dfmscd_service.core.storage_*) / dfmscd.io / dfmscd_service.api.services.uploads use for temp files."""
+    from dfmscd_service.core.storage_local import _is_temp_name
 
     return [p for r in roots if r.is_dir() for p in r.rglob("*") if p.is_file() and _is_temp_name(p.name)]
 

@@ -135,7 +135,7 @@ def test_rate_limit_counters_are_shared_across_processes(client, service):
         secret = make_key("rate-shared")
         key_id = _key_id(secret)
         script = (
-            "from dfmscd_service.api.errors import ApiError\n"
+            "from dfmscd_service.api.http.errors import ApiError\n"
             "from dfmscd_service.api.ratelimit import enforce_rate_limit\n"
             "codes = []\n"
             "for _ in range(5):\n"
@@ -240,7 +240,7 @@ class _HeldRedisCounter(_CountingRedisCounter):
 
 
 def test_local_tickets_never_wait_for_redis(service):
-    """The event loop's fast reads (api/fast_reads.py) take a ticket only from this process's
+    """The event loop's fast reads (api/reads/fast_reads.py) take a ticket only from this process's
     lease: without one they count nothing and get None (the exact path then counts). Half-way
     through a block they have the next one reserved in the background, and go on taking tickets
     while that reservation waits on Redis. In-process counters are always local.

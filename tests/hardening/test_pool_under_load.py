@@ -2,7 +2,7 @@
 
 A live uvicorn (in this process, on a free port) against the test PostgreSQL, with the tightest
 legal configuration: 4 threads and a pool of exactly 4 connections with a 3 s checkout timeout.
-Before dfmscd_service/api/routing.py, a sync route kept its connection while it waited for a thread to
+Before dfmscd_service/api/http/routing.py, a sync route kept its connection while it waited for a thread to
 validate its response; 120 concurrent requests then deadlocked until the pool timeout (500s).
 """
 

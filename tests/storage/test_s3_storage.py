@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from s3_kit import object_names, open_uploads
 
-from dfmscd_service.core.storage import StorageUnavailable, local_copy
+from dfmscd_service.core.storage_base import StorageUnavailable, local_copy
 from dfmscd_service.core.storage_s3 import S3Storage, make_client
 
 MiB = 1024 * 1024
@@ -123,7 +123,7 @@ def _file(path, data):
 
 
 def test_missing_credentials_are_a_storage_error_not_an_outage(moto_s3, s3_bucket, tmp_path, monkeypatch):
-    from dfmscd_service.core.storage import StorageError
+    from dfmscd_service.core.storage_base import StorageError
 
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         monkeypatch.delenv(k, raising=False)

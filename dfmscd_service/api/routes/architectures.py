@@ -22,11 +22,11 @@ from pathlib import Path
 from fastapi import APIRouter, Query
 
 from dfmscd.atomic import write_bytes_atomic
-from dfmscd_service.api import torch_checks, torch_pool
 from dfmscd_service.api.deps import CurrentKey
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.http.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ArchitectureList, ArchitectureOut, ErrorBody
+from dfmscd_service.api.services import torch_checks, torch_pool
 from dfmscd_service.core.settings import get_settings
 
 router = APIRouter(prefix="/v1/architectures", tags=["architectures"], route_class=SessionReleasingRoute)

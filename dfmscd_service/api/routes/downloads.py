@@ -8,14 +8,14 @@ from fastapi import APIRouter, Query, Request, Response
 
 from dfmscd.formats import MODEL_FORMATS, NATIVE_FORMAT, file_name
 from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_job
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.api.exports import ensure_export
-from dfmscd_service.core.models import Job, JobStatus, JobStudent
-from dfmscd_service.api.ranges import file_response
-from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.http.ranges import file_response
+from dfmscd_service.api.http.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, StudentDetail
-from dfmscd_service.core.storage import get_storage
+from dfmscd_service.api.services.exports import ensure_export
 from dfmscd_service.api.views import student_detail
+from dfmscd_service.core.models import Job, JobStatus, JobStudent
+from dfmscd_service.core.storage import get_storage
 
 router = APIRouter(prefix="/v1/jobs", tags=["students"], route_class=SessionReleasingRoute)
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 416, 422, 429)}

@@ -13,13 +13,13 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from dfmscd_service.api.deps import CurrentKey, SessionDep, get_owned_job
-from dfmscd_service.core.db import session_factory
-from dfmscd_service.api.errors import error_body
-from dfmscd_service.core.models import TERMINAL_STATUSES, ApiKey, Job, JobEvent
-from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.http.errors import error_body
+from dfmscd_service.api.http.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, EventOut, Page
-from dfmscd_service.core.settings import get_settings
 from dfmscd_service.api.views import event_out
+from dfmscd_service.core.db import session_factory
+from dfmscd_service.core.models import TERMINAL_STATUSES, ApiKey, Job, JobEvent
+from dfmscd_service.core.settings import get_settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"], route_class=SessionReleasingRoute)
 _BATCH = 500

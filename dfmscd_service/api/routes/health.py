@@ -7,10 +7,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from dfmscd_service.core.db import get_engine
-from dfmscd_service.core.broker import ping_broker
-from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.http.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorDetail, Health
+from dfmscd_service.core.broker import ping_broker
+from dfmscd_service.core.db import get_engine
 
 router = APIRouter(tags=["health"], route_class=SessionReleasingRoute)
 

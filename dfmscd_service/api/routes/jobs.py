@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy import update
 
-from dfmscd_service.api import job_reads
 from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_job
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.api.fast_reads import fast_reads
-from dfmscd_service.api import job_service
-from dfmscd_service.core.models import JOB_STATUSES, Job, JobStatus, JobStudent, utcnow
-from dfmscd_service.api.pagination import PageParams, page_params
-from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.http.pagination import PageParams, page_params
+from dfmscd_service.api.http.routing import SessionReleasingRoute
+from dfmscd_service.api.reads import job_reads
+from dfmscd_service.api.reads.fast_reads import fast_reads
 from dfmscd_service.api.schemas import ErrorBody, JobCreate, JobOut, Page
+from dfmscd_service.api.services import job_service
 from dfmscd_service.api.views import job_out
+from dfmscd_service.core.models import JOB_STATUSES, Job, JobStatus, JobStudent, utcnow
 from dfmscd_service.core.webhooks import record_job_event
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=SessionReleasingRoute)
@@ -77,7 +77,7 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
 async def get_job(request: Request, job_id: str, credentials: BearerCredentials) -> Response:
     """A job's status, progress, students and report (the poll: cached bytes on the event loop while
-    nothing changed, api/fast_reads.py; else one query, then cached bytes, api/job_reads.py)."""
+    nothing changed, api/reads/fast_reads.py; else one query, then cached bytes, api/reads/job_reads.py)."""
     return _json(await fast_reads(request).answer(credentials, ("job", job_id), job_reads.poll_answer, job_id))
 
 

@@ -7,16 +7,18 @@ import logging
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import func, select, update
 
-from dfmscd_service.api import teacher_reads, teacher_service
 from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_teacher
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.api.fast_reads import fast_reads
-from dfmscd_service.core.models import ACTIVE_STATUSES, Job
-from dfmscd_service.api.pagination import PageParams, page_params
-from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.http.pagination import PageParams, page_params
+from dfmscd_service.api.http.routing import SessionReleasingRoute
+from dfmscd_service.api.reads import teacher_reads
+from dfmscd_service.api.reads.fast_reads import fast_reads
 from dfmscd_service.api.schemas import ErrorBody, Page, TeacherOut
-from dfmscd_service.core.storage import StorageUnavailable, get_storage, teacher_prefix
+from dfmscd_service.api.services import teacher_service
 from dfmscd_service.api.views import teacher_out
+from dfmscd_service.core.models import ACTIVE_STATUSES, Job
+from dfmscd_service.core.storage import get_storage
+from dfmscd_service.core.storage_base import StorageUnavailable, teacher_prefix
 
 log = logging.getLogger("dfmscd.api")
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"], route_class=SessionReleasingRoute)
@@ -50,8 +52,8 @@ async def upload_teacher(request: Request, principal: CurrentKey) -> TeacherOut:
 @router.get("", response_model=Page[TeacherOut], responses=_ERRORS)
 async def list_teachers(request: Request, credentials: BearerCredentials,
                         page: PageParams = Depends(page_params)) -> Response:
-    """Your teachers, newest first (api/fast_reads.py, else one query for the page, then cached
-    bytes: api/teacher_reads.py)."""
+    """Your teachers, newest first (api/reads/fast_reads.py, else one query for the page, then cached
+    bytes: api/reads/teacher_reads.py)."""
     question = ("teachers", page.after, page.limit)
     body = await fast_reads(request).answer(credentials, question, teacher_reads.page_answer, page)
     return Response(body, media_type="application/json")
@@ -76,7 +78,7 @@ def delete_teacher(
     if active:
         raise ApiError(409, "teacher_in_use", f"teacher {teacher_id!r} is used by {active} active job(s)")
     # Explicitly, not by the foreign key's ON DELETE SET NULL: this UPDATE bumps each job's
-    # updated_at, the version the cached job answers are checked against (api/answer_cache.py).
+    # updated_at, the version the cached job answers are checked against (api/reads/answer_cache.py).
     session.execute(update(Job).where(Job.teacher_id == row.id).values(teacher_id=None))
     session.delete(row)
     session.commit()

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from dfmscd_service.api.auth import Principal, lock_owner
 from dfmscd_service.api.deps import CurrentKey, SessionDep
-from dfmscd_service.api.errors import ApiError, not_found
-from dfmscd_service.api.pagination import PageParams, is_valid_id, keyset_page
-from dfmscd_service.api.routing import SessionReleasingRoute
+from dfmscd_service.api.http.errors import ApiError, not_found
+from dfmscd_service.api.http.pagination import PageParams, is_valid_id, keyset_page
+from dfmscd_service.api.http.routing import SessionReleasingRoute
 from dfmscd_service.api.schemas import ErrorBody, Page
 from dfmscd_service.core.models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
 from dfmscd_service.core.settings import get_settings

@@ -2,7 +2,7 @@
 list pages and the key check read notifies channel ``dfmscd_changes`` when its transaction commits.
 
 The API listens on that channel and serves those answers from its cache only while nothing was
-notified since they were built (dfmscd_service/api/change_epoch.py). Statement-level triggers: one
+notified since they were built (dfmscd_service/api/reads/change_epoch.py). Statement-level triggers: one
 notification per statement at most, and PostgreSQL folds the identical ones of a transaction into
 one. SQLite needs none (the API reads ``PRAGMA data_version`` instead): a no-op there.
 
@@ -21,7 +21,7 @@ down_revision: Union[str, Sequence[str], None] = '0003'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
-# A fixed copy, as migrations are: dfmscd_service.api.change_epoch.CHANNEL listens on it.
+# A fixed copy, as migrations are: dfmscd_service.api.reads.change_epoch.CHANNEL listens on it.
 CHANNEL = "dfmscd_changes"
 TABLES = ("api_keys", "jobs", "job_students", "teachers")
 FUNCTION = "dfmscd_notify_change"

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from dfmscd_service.api.auth import Principal, lock_owner
 from dfmscd_service.api.deps import get_owned_teacher
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.api.job_requests import JobPlan, plan_job, request_hash
+from dfmscd_service.api.http.errors import ApiError
 from dfmscd_service.api.schemas import JobCreate
+from dfmscd_service.api.services.job_requests import JobPlan, plan_job, request_hash
 from dfmscd_service.core.broker import BrokerUnavailable, enqueue_job
 from dfmscd_service.core.models import ACTIVE_STATUSES, IdempotencyKey, Job, JobStatus, JobStudent, Teacher, new_id, utcnow
 from dfmscd_service.core.settings import get_settings

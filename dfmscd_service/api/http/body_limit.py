@@ -11,7 +11,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dfmscd_service.api.errors import error_body
+from dfmscd_service.api.http.errors import error_body
 
 _STREAMED_UPLOADS = ("/v1/teachers",)
 

@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from dfmscd.formats import file_name
-from dfmscd_service.api import torch_checks, torch_pool
-from dfmscd_service.api.errors import ApiError
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.services import torch_checks, torch_pool
 from dfmscd_service.core.models import JobStudent
 from dfmscd_service.core.settings import get_settings
-from dfmscd_service.core.storage import Storage, local_copy
+from dfmscd_service.core.storage_base import Storage, local_copy
 
 
 

@@ -1,7 +1,7 @@
-"""The API's torch work, run only in the pool's child processes (``dfmscd_service.api.torch_pool``).
+"""The API's torch work, run only in the pool's child processes (``dfmscd_service.api.services.torch_pool``).
 
 Every function here takes and returns plain picklable data (dicts, lists, the small dataclasses
-of ``dfmscd_service.api.teacher_validation``), never ORM rows or HTTP errors: the web process
+of ``dfmscd_service.api.services.teacher_validation``), never ORM rows or HTTP errors: the web process
 turns a ``Refusal`` into the same 422 it always answered. Importing this module does not import
 torch; its functions do, in the child.
 """

@@ -1,4 +1,4 @@
-"""The teacher list on the job list's pattern (api/job_reads.py): the key check and the page's
+"""The teacher list on the job list's pattern (api/reads/job_reads.py): the key check and the page's
 ids in one query, then cached bytes. A teacher row is written once and never updated, so its
 ``created_at`` is its version: an entry is rebuilt only when an id is new to this process (or
 was forgotten)."""
@@ -10,9 +10,9 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, bindparam, select
 
-from dfmscd_service.api.answer_cache import AnswerCache, cached_page
 from dfmscd_service.api.auth import principal_of
-from dfmscd_service.api.pagination import PageParams
+from dfmscd_service.api.http.pagination import PageParams
+from dfmscd_service.api.reads.answer_cache import AnswerCache, cached_page
 from dfmscd_service.api.views import teacher_out
 from dfmscd_service.core.db import run_read
 from dfmscd_service.core.models import ApiKey, Teacher
@@ -22,7 +22,7 @@ _TEACHERS_BY_ID = select(*_TEACHER_COLUMNS).where(Teacher.id.in_(bindparam("ids"
 
 
 def _page_query(after: bool) -> Any:
-    """The key check and the page's ids in one statement (as api/job_reads.py's list)."""
+    """The key check and the page's ids in one statement (as api/reads/job_reads.py's list)."""
     on = Teacher.owner_id == ApiKey.owner_id
     if after:
         on = on & (Teacher.id < bindparam("after"))

@@ -13,9 +13,9 @@ import re
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from dfmscd_service.api.errors import error_response
+from dfmscd_service.api.http.errors import error_response
 from dfmscd_service.core.settings import get_settings
-from dfmscd_service.core.storage import Storage, StorageUnavailable
+from dfmscd_service.core.storage_base import Storage, StorageUnavailable
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 

@@ -7,17 +7,17 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from dfmscd_service.api import torch_checks, torch_pool
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.core.models import Teacher
-from dfmscd_service.api.schemas import JobCreate
-from dfmscd_service.api.torch_checks import StudentCheck
-from dfmscd_service.core.settings import Settings
-from dfmscd.names import STUDENT_NAME_RULE, default_student_name, is_valid_student_name
-from dfmscd.costs import dominant_student_warning
 from dfmscd.config import PRESETS, Budget, DistillConfig, parse_budget, resolve_budget, resolve_config
+from dfmscd.costs import dominant_student_warning
 from dfmscd.errors import DfmscdError
 from dfmscd.io.card import ModelCard
+from dfmscd.names import STUDENT_NAME_RULE, default_student_name, is_valid_student_name
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.schemas import JobCreate
+from dfmscd_service.api.services import torch_checks, torch_pool
+from dfmscd_service.api.services.torch_checks import StudentCheck
+from dfmscd_service.core.models import Teacher
+from dfmscd_service.core.settings import Settings
 
 
 

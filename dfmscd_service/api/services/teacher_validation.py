@@ -2,7 +2,7 @@
 
 The card's JSON schema is checked here (pydantic only); everything that needs torch (does the
 architecture exist, do the weights load and build, has it BatchNorm) runs in the torch pool
-(``dfmscd_service.api.torch_pool``), with the same 422 codes and messages as in-process.
+(``dfmscd_service.api.services.torch_pool``), with the same 422 codes and messages as in-process.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 from dfmscd.errors import DfmscdError
 from dfmscd.io.card import ModelCard, parse_card
-from dfmscd_service.api import torch_checks, torch_pool
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.api.torch_checks import Refusal, TeacherValidation
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.services import torch_checks, torch_pool
+from dfmscd_service.api.services.torch_checks import Refusal, TeacherValidation
 
 SAFETENSORS, TORCH = "safetensors", "pt"
 

@@ -1,13 +1,13 @@
 """The poll and the list pages answered on the event loop: whole answers, checked by the change epoch.
 
 After session 14 a poll cost one thread hop and one database round trip (the key check and the
-job's version: api/job_reads.py), and at 200 connections that was what kept its p99 above
+job's version: api/reads/job_reads.py), and at 200 connections that was what kept its p99 above
 ``/healthz``'s (docs/reliability.md, session 18). Here each successful answer is kept under
-``(key hash, what was asked)`` together with the change epoch (api/change_epoch.py) in which the
+``(key hash, what was asked)`` together with the change epoch (api/reads/change_epoch.py) in which the
 exact path produced it; while the epoch has not moved, nothing the answer depends on (the key's
 row, the jobs, their students, the teachers) can have been committed since, so the same bytes
 are served on the event loop: no thread, no query. Any other case takes the exact path on a read
-thread (api/read_threads.py) and stores what it answered:
+thread (api/reads/read_threads.py) and stores what it answered:
 
 - the epoch is None (``DFMSCD_API_FAST_READS=false``, an in-memory database, the PostgreSQL
   listener not connected) or has moved since the entry was built;
@@ -37,11 +37,11 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from dfmscd_service.api import read_threads
-from dfmscd_service.api.answer_cache import AnswerCache
 from dfmscd_service.api.auth import credentials_hash
-from dfmscd_service.api.change_epoch import ChangeEpoch, epoch_source
 from dfmscd_service.api.ratelimit import enforce_rate_limit
+from dfmscd_service.api.reads import read_threads
+from dfmscd_service.api.reads.answer_cache import AnswerCache
+from dfmscd_service.api.reads.change_epoch import ChangeEpoch, epoch_source
 from dfmscd_service.core.settings import get_settings
 
 FRONT_CACHE_BYTES = 32 * 1024 * 1024

@@ -25,8 +25,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from dfmscd_service.api.errors import ApiError
-from dfmscd_service.core.storage import ObjectWriter, StoredObject
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.core.storage_base import ObjectWriter, StoredObject
 
 FILE_FIELD, CARD_FIELD = "file", "card"
 _HEADER_SLACK = 64 * 1024  # boundaries and part headers on top of file + card

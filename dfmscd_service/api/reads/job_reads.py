@@ -16,10 +16,10 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Row, bindparam, select
 
-from dfmscd_service.api.answer_cache import AnswerCache, cached_answers, cached_page
 from dfmscd_service.api.auth import _KEY_BY_HASH, principal_of
-from dfmscd_service.api.errors import not_found
-from dfmscd_service.api.pagination import PageParams, is_valid_id
+from dfmscd_service.api.http.errors import not_found
+from dfmscd_service.api.http.pagination import PageParams, is_valid_id
+from dfmscd_service.api.reads.answer_cache import AnswerCache, cached_answers, cached_page
 from dfmscd_service.api.views import job_out
 from dfmscd_service.core.db import run_read
 from dfmscd_service.core.models import ApiKey, Job, JobStudent
@@ -57,7 +57,7 @@ def _page_query(by_status: bool, after: bool) -> Any:
 
 _PAGE_QUERIES = {(s, a): _page_query(s, a) for s in (False, True) for a in (False, True)}
 
-answers: AnswerCache[bytes] = AnswerCache()  # this process's cache (api/answer_cache.py)
+answers: AnswerCache[bytes] = AnswerCache()  # this process's cache (api/reads/answer_cache.py)
 
 
 class _JobRow:

@@ -1,7 +1,7 @@
 """The change epoch: a value, local to this API process, that moves whenever a commit may have
 changed what the poll and the list pages answer (api keys, jobs, job students, teachers).
 
-``api/fast_reads.py`` keeps whole answers together with the epoch they were built in, and serves
+``api/reads/fast_reads.py`` keeps whole answers together with the epoch they were built in, and serves
 one on the event loop, with no thread hop and no database round trip, only while that epoch is
 still current. Reading the epoch must therefore cost microseconds and never wait:
 

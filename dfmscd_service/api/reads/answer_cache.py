@@ -8,7 +8,7 @@ check knows, in that one query, whether its cached bytes are still the job as st
 are never trusted without that check, so several API processes, each with its own cache, stay
 exact; the cache is bounded by bytes and forgets the least recently used answers first.
 
-``AnswerCache`` itself only compares versions: the front cache of ``api/fast_reads.py`` keeps
+``AnswerCache`` itself only compares versions: the front cache of ``api/reads/fast_reads.py`` keeps
 whole answers in one under the change epoch they were built in.
 """
 

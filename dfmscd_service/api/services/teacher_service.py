@@ -17,24 +17,23 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from dfmscd.io.card import ModelCard
 from dfmscd_service.api.auth import Principal, lock_owner
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.services.teacher_validation import check_card, sniff_format, sniff_head, validate_teacher
+from dfmscd_service.api.services.uploads import receive_upload
 from dfmscd_service.core.db import session_factory
-from dfmscd_service.api.errors import ApiError
 from dfmscd_service.core.models import Job, JobStudent, Teacher, new_id
 from dfmscd_service.core.settings import get_settings
-from dfmscd_service.core.storage import (
+from dfmscd_service.core.storage import get_storage
+from dfmscd_service.core.storage_base import (
     ObjectWriter,
     Storage,
     StorageUnavailable,
-    get_storage,
     local_copy,
     teacher_key,
     teacher_prefix,
 )
-from dfmscd_service.api.teacher_validation import check_card, sniff_format, sniff_head, validate_teacher
-from dfmscd_service.api.uploads import receive_upload
-from dfmscd.io.card import ModelCard
-
 
 
 def _clean_filename(name: str | None) -> str | None:
@@ -133,7 +132,7 @@ async def upload_teacher(request: Request, principal: Principal) -> Teacher:
             typed = upload.path.with_name(upload.path.stem + (".safetensors" if fmt == "safetensors" else ".pt"))
             os.replace(upload.path, typed)
             path = typed
-            # torch loads and builds it in the torch pool, never in this process (dfmscd_service/api/torch_pool.py)
+            # torch loads and builds it in the torch pool, never in this process (dfmscd_service/api/services/torch_pool.py)
             validation = await validate_teacher(typed, card, max(settings.max_upload_bytes, 1), _clean_filename(upload.filename))
         else:  # streamed to remote storage: validated from a downloaded temp copy
             assert upload.stored is not None and streamed is not None

@@ -2,7 +2,7 @@
 
 Importing torch costs the API ~500 MiB of RSS and seconds of start-up, for work that is rare
 next to the polls: checking an uploaded teacher, counting a job's students, listing the zoo,
-exporting a student. That work runs here (``dfmscd_service.api.torch_checks``) in
+exporting a student. That work runs here (``dfmscd_service.api.services.torch_checks``) in
 ``api_torch_processes`` children (spawned, never forked: the parent holds threads and sockets),
 started (in the background) when the application starts, unless ``api_torch_warm`` is off,
 or else on first use, and kept for the life of the application. A child that dies (the kernel's
@@ -20,8 +20,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, TypeVar
 
-from dfmscd_service.api import torch_checks
-from dfmscd_service.api.errors import ApiError
+from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.services import torch_checks
 from dfmscd_service.core.settings import get_settings
 
 log = logging.getLogger("dfmscd.api")

@@ -6,6 +6,7 @@ newer server) is still readable as an attribute (``job.some_new_field``) or ``jo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -151,11 +152,14 @@ class Architecture(ApiObject):
     source: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Download:
     """What ``download_student`` wrote: the file, its verified sha256 and size, the byte an
     existing partial file was resumed from (0: none), whether a stale partial was discarded, and
-    how many ``Range`` requests it took (resuming an old partial, or after dropped connections)."""
+    how many ``Range`` requests it took (resuming an old partial, or after dropped connections).
+
+    Path-like (``os.fspath`` gives ``path``), so it goes wherever a file name does:
+    ``load_model(api.download_student(...))``, ``open(...)``."""
 
     path: Path
     sha256: str
@@ -163,6 +167,12 @@ class Download:
     resumed_from: int = 0
     restarted: bool = False
     range_requests: int = 0
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __repr__(self) -> str:
+        return f"<Download {os.fspath(self.path)!r} {self.size_bytes:,} bytes, sha256 {self.sha256[:12]}...>"
 
 
 __all__ = ["ApiObject", "Architecture", "Download", "ErrorInfo", "Event", "Job", "Student", "Teacher",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -112,6 +113,18 @@ def test_download_verifies_and_loads(api: Client, finished_job: Job, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]  # no .part left
     _module, card = load_model(d.path)
     assert card.input_shape == (1, 8, 8)
+
+
+def test_a_download_is_path_like_and_shows_its_path_and_size(api: Client, finished_job: Job, tmp_path: Path) -> None:
+    from dfmscd.io import load_model
+
+    target = tmp_path / "student.safetensors"
+    d = api.download_student(finished_job.id, "resnet8", target)
+    assert os.fspath(d) == str(target)
+    _module, card = load_model(api.download_student(finished_job.id, "resnet8", target))  # no .path needed
+    assert card.architecture == "resnet8" and card.input_shape == (1, 8, 8)
+    size = finished_job.student("resnet8").size_bytes
+    assert str(target) in repr(d) and f"{size:,} bytes" in repr(d)
 
 
 def test_download_resumes_a_partial_file_with_range(api: Client, finished_job: Job, tmp_path: Path) -> None:

@@ -139,11 +139,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         synth_batch_size=128,
         latent_dim=64,
         generator_width=32,
-        # Issue 8 (tuned on the digits validation split, 2-core CPU): more inner adaptation, a
-        # larger class weight and a faster generator step get the teacher to recognise 0.92 of
-        # the requested labels by epoch 9 instead of 0.15-0.31 at epoch 3; fewer KD steps per epoch
-        # give the generators more meta steps in a fixed time (KD was 90% of a 60 s run), and a
-        # longer warm-up (1/6 of the time) keeps KD off the first, unrecognisable pool images.
+        # Tuned on the digits validation split, 2-core CPU (docs/benchmarks.md, "Preset choices"):
+        # more inner adaptation, a larger class weight and a faster generator step get the teacher
+        # to recognise 0.92 of the requested labels by epoch 9 instead of 0.15-0.31 at epoch 3;
+        # fewer KD steps per epoch give the generators more meta steps in a fixed time (KD was 90%
+        # of a 60 s run), and a longer warm-up (1/6 of the time) keeps KD off the first,
+        # unrecognisable pool images.
         inner_steps=4,
         lr_g=0.01,
         oh=3.0,
@@ -156,7 +157,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         temperature=4.0,
         pool_capacity=20_000,
         checkpoint_every=5,
-        # Session 17 (digits validation split, 300 CPU-s; val resnet8/vgg8/mobilenetv2; README "Benchmark"):
+        # Digits validation split, 300 CPU-s, val resnet8/vgg8/mobilenetv2 (docs/benchmarks.md, "Preset choices"):
         # re-initialising the generators every 4 epochs raised the pool's within-class diversity
         # (0.88 -> 1.77 of real images; seed 0 val .939/.939/.928 -> .958/.953/.942); balanced
         # admission holds the pool's balance at 0.85 (3 seeds; 0.58 before); four updates per shared
@@ -164,7 +165,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         generator_reset_every=4,
         pool_admission="balanced",
         kd_max_rate=4,
-        # Session 18 (digits validation split, 300 CPU-s, a slower 2-core AMD machine; README "Benchmark"):
+        # Digits validation split, 300 CPU-s, a slower 2-core AMD machine (docs/benchmarks.md, "Preset choices"):
         # the last generator of the mixture unconditional. Val resnet8/vgg8/mobilenetv2, mean of four
         # runs (seeds 0-1, twice) .951/.942/.886 against .943/.943/.853 (two runs) with all conditional;
         # pool balance held at 0.85. Two unconditional: .949/.946/.857 but balance 0.69-0.76; all

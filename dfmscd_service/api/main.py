@@ -36,7 +36,7 @@ events, download the students. Every endpoint but the health probes needs
 # its libuv (>= 1.45) accepts one new connection per loop iteration, and when the fast reads keep
 # the loop busy an iteration serves every waiting request first, so under 200 connections some
 # were accepted only seconds later (wrk p99 3.8 s, socket timeouts; asyncio accepts them all at
-# once: p99 150-220 ms on the same machine; docs/reliability.md, session 18).
+# once: p99 150-220 ms on the same machine; docs/reliability.md, "A lean API", uvloop).
 EVENT_LOOP = "asyncio"
 
 
@@ -44,14 +44,14 @@ def _warn_if_uvloop() -> None:
     loop = asyncio.get_running_loop()
     if type(loop).__module__.startswith("uvloop"):
         log.warning("running on uvloop: under load it accepts new connections one per loop iteration, so they "
-                    "can wait seconds; run uvicorn with --loop %s (docs/reliability.md, session 18)", EVENT_LOOP)
+                    "can wait seconds; run uvicorn with --loop %s (docs/reliability.md, \"A lean API\")", EVENT_LOOP)
 
 
 def _freeze_startup_heap() -> None:
     """Move the ~165k objects of the imported framework out of the collector's reach.
 
     Under load a full collection walked them all (23 pauses of up to 145 ms in 40 s of wrk, 2.5 s in
-    all); frozen, only what requests allocate is scanned (docs/reliability.md, session 16).
+    all); frozen, only what requests allocate is scanned (docs/reliability.md, "A lean API", gc.freeze).
     """
     gc.collect()
     gc.freeze()

@@ -1,4 +1,4 @@
-"""The first hour of a new user (issue 11), service side: budget strings, warnings on teachers and
+"""The first hour of a new user, service side: budget strings, warnings on teachers and
 jobs, student-name 404s, cancelled-job messages, the embedded server's GPU count, /docs offline."""
 
 from __future__ import annotations

@@ -77,6 +77,6 @@ def test_the_api_process_never_imports_torch(service, teacher_file: Path) -> Non
     status, names = out["zoo"]
     assert status == 200 and "resnet8" in names
     assert out["torch_modules"] == []
-    # the start-up heap is frozen out of the collector's full passes (docs/reliability.md, session 16)
+    # the start-up heap is frozen out of the collector's full passes (docs/reliability.md, "A lean API", gc.freeze)
     before, after = out["frozen"]
     assert before == 0 and after > 10_000, out["frozen"]

@@ -1,4 +1,4 @@
-"""benchmarks/tables.py's seed aggregation for issue 8's equal-wall-time matrix, by hand."""
+"""benchmarks/tables.py's seed aggregation for the equal-wall-time matrix (docs/benchmarks.md), by hand."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Engine additions of issue 8: pool metrics, admission, precision/layout paths, budget keeping,
+"""Engine extras: pool metrics, admission, precision/layout paths, budget keeping,
 RunState and Outcome. Tiny runs on the 8×8 toy task, epoch budgets, no timing assertions."""
 
 import json

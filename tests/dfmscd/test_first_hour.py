@@ -1,4 +1,4 @@
-"""The first hour of a new user (issue 11), library side: one budget grammar, `dfmscd card`,
+"""The first hour of a new user, library side: one budget grammar, `dfmscd card`,
 the BN-statistics vs card check, the dominant-student estimate, `evaluate --card`, ONNX metadata."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The poll and the list pages answered on the event loop: whole answers, checked by the change epoch.
 
-After session 14 a poll cost one thread hop and one database round trip (the key check and the
-job's version: api/reads/job_reads.py), and at 200 connections that was what kept its p99 above
-``/healthz``'s (docs/reliability.md, session 18). Here each successful answer is kept under
-``(key hash, what was asked)`` together with the change epoch (api/reads/change_epoch.py) in which the
-exact path produced it; while the epoch has not moved, nothing the answer depends on (the key's
+On the exact path alone a poll costs one thread hop and one database round trip (the key check
+and the job's version: api/reads/job_reads.py), and at 200 connections that was what kept its
+p99 above ``/healthz``'s (docs/reliability.md, "A lean API", fast reads). Here each successful
+answer is kept under ``(key hash, what was asked)`` together with the change epoch
+(api/reads/change_epoch.py) in which the exact path produced it; while the epoch has not moved, nothing the answer depends on (the key's
 row, the jobs, their students, the teachers) can have been committed since, so the same bytes
 are served on the event loop: no thread, no query. Any other case takes the exact path on a read
 thread (api/reads/read_threads.py) and stores what it answered:

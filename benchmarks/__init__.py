@@ -1,1 +1,1 @@
-"""Benchmarks on real data (not tests): run ``uv run python benchmarks/digits.py``."""
+"""Benchmarks on real data (not tests): ``uv run python benchmarks/compare.py``, ``benchmarks/train_teacher.py``."""

@@ -9,7 +9,7 @@ BALANCE_TARGET = 0.8
 
 
 def target_checks(r: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, each with the figures it was decided on."""
+    """The single run's targets, each with the figures it was decided on."""
     d = r["dfmscd"]
     checks: dict[str, Any] = {
         "every_student_ratio_ge_0.97": all((s["ratio_to_teacher"] or 0) >= RATIO_TARGET for s in d["students"].values()),
@@ -81,7 +81,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def matrix_summary(r: dict[str, Any]) -> dict[str, Any]:
-    """Per arm and student: mean and sample std over seeds of the figures, plus issue 8's checks
+    """Per arm and student: mean and sample std over seeds of the figures, plus the matrix's checks
     (every DF-MSCD student ≥ 0.97 of the teacher, pool balance ≥ 0.8, DF-MSCD ahead of both
     single-student arms on every student), all on the mean over seeds."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}

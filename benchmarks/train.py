@@ -36,7 +36,11 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def _fit(model: nn.Module, data: Dataset, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-         epochs: int, lr: float, batch_size: int, weight_decay: float, device: torch.device, seed: int) -> FitStats:
+         epochs: int, lr: float, batch_size: int, weight_decay: float, device: torch.device, seed: int,
+         log: Callable[[str], None] | None = None, budget_s: float | None = None,
+         clock: Callable[[], float] = time.perf_counter) -> FitStats:
+    """``epochs`` passes over the training split, or, with ``budget_s``, as many steps as fit in that
+    many seconds of ``clock`` (the cosine schedule then follows the elapsed share of the budget)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x_all = data.x_train.to(device)
@@ -44,39 +48,58 @@ def _fit(model: nn.Module, data: Dataset, loss_fn: Callable[[torch.Tensor, torch
     n = len(y_all)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
-    model.to(device).train()
+    # Channels-last runs 3-channel convolutions faster on CPU (resnet20 fwd+bwd: 0.53 against 0.68 s per 128).
+    layout = torch.channels_last if data.input_shape[0] == 3 else torch.contiguous_format
+    model.to(device).to(memory_format=layout).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     pad = max(1, data.input_shape[1] // 8)
-    started, seen = time.perf_counter(), 0
-    for _ in range(epochs):
+    started, seen, steps = time.perf_counter(), 0, 0
+    t0 = clock()
+    epoch = 0
+    while True:
+        if budget_s is None and epoch >= epochs:
+            break
         order = torch.randperm(n, generator=gen).to(device)
         for i in range(steps_per_epoch):
+            fraction = (clock() - t0) / budget_s if budget_s is not None else steps / total
+            if fraction >= 1.0:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
             idx = order[i * batch_size:(i + 1) * batch_size]
-            raw = random_crop_flip(x_all[idx], pad, data.flip, generator=gen)
-            x = data.normalise(raw)
+            raw = random_crop_flip(data.pixels(x_all[idx]), pad, data.flip, generator=gen)
+            x = data.normalise(raw).contiguous(memory_format=layout)
             loss = loss_fn(model(x), y_all[idx], x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             seen += len(idx)
+            steps += 1
+        else:
+            epoch += 1
+            if log is not None:
+                log(f"epoch {epoch}/{epochs if budget_s is None else '-'}: loss {loss.item():.4f}, "
+                    f"{time.perf_counter() - started:.0f}s")
+            continue
+        break  # the budget ran out within an epoch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     model.eval()
-    return FitStats(time.perf_counter() - started, seen, total)
+    return FitStats(time.perf_counter() - started, seen, steps)
 
 
 def train_supervised(model: nn.Module, data: Dataset, epochs: int, device: torch.device, seed: int = 0,
-                     lr: float = 0.05, batch_size: int = 64, weight_decay: float = 5e-4) -> FitStats:
+                     lr: float = 0.05, batch_size: int = 64, weight_decay: float = 5e-4,
+                     log: Callable[[str], None] | None = None) -> FitStats:
     """Plain cross-entropy on the training split."""
     return _fit(model, data, lambda logits, y, _x: F.cross_entropy(logits, y), epochs, lr, batch_size,
-                weight_decay, device, seed)
+                weight_decay, device, seed, log)
 
 
 def train_kd_real(student: nn.Module, teacher: nn.Module, data: Dataset, epochs: int, temperature: float,
                   device: torch.device, seed: int = 0, lr: float = 0.05, batch_size: int = 64,
-                  weight_decay: float = 5e-4) -> FitStats:
+                  weight_decay: float = 5e-4, budget_s: float | None = None,
+                  clock: Callable[[], float] = time.perf_counter) -> FitStats:
     """Hinton KD (KL(teacher||student) x T^2, no label term) on the real training images:
     the same objective the data-free students get, on the data they never see, i.e. the
     ceiling of what synthesis could give."""
@@ -89,7 +112,7 @@ def train_kd_real(student: nn.Module, teacher: nn.Module, data: Dataset, epochs:
         log_q = F.log_softmax(logits / temperature, dim=1)
         return (log_p.exp() * (log_p - log_q)).sum(1).mean() * temperature**2
 
-    return _fit(student, data, loss, epochs, lr, batch_size, weight_decay, device, seed)
+    return _fit(student, data, loss, epochs, lr, batch_size, weight_decay, device, seed, budget_s=budget_s, clock=clock)
 
 
 @torch.no_grad()

@@ -138,14 +138,35 @@ def stats_from_folder(folder: str | os.PathLike[str], channels: int | None = Non
     return _stats([b.astype(np.float64) / 255.0 for b in batches], str(folder))
 
 
+def stats_from_archive(path: str | os.PathLike[str], channels: int | None = None) -> ImageStats:
+    """Per-channel mean/std of a class-folder archive's images (``dfmscd.image_archive``): those under
+    ``train/`` when it has one (the split a teacher was trained on), else all of them."""
+    from dfmscd.image_archive import ImageArchiveError, has_top_folder, read_class_folders
+
+    path = Path(path)
+    try:
+        subset = "train" if has_top_folder(path, "train") else None
+        images = read_class_folders(path, subset, channels=channels, class_of=lambda _name: "images")
+    except ImageArchiveError as exc:
+        raise SampleImagesError(str(exc)) from None
+    x = images.x[:MAX_SAMPLE_IMAGES]
+    stats = _stats([x.transpose(0, 3, 1, 2).astype(np.float64) / 255.0], path.name)
+    return stats
+
+
 def sample_stats(source: str | os.PathLike[str], channels: int | None = None) -> ImageStats:
-    """A folder of images or an ``.npz`` with ``x``."""
+    """A folder of images, an ``.npz`` with ``x``, or a class-folder archive (.tar, .tar.gz, .tgz, .zip)."""
+    from dfmscd.image_archive import is_archive
+
     source = Path(source)
     if source.is_dir():
         return stats_from_folder(source, channels)
     if source.is_file() and source.suffix.lower() == ".npz":
         return stats_from_npz(source)
-    raise SampleImagesError(f"{source}: expected a folder of .png/.jpg images or an .npz file with an array 'x'")
+    if source.is_file() and is_archive(source):
+        return stats_from_archive(source, channels)
+    raise SampleImagesError(f"{source}: expected a folder of .png/.jpg images, an .npz file with an array 'x', "
+                            "or a .tar/.tar.gz/.zip archive of images")
 
 
 # --- checking a teacher against its card -------------------------------------------------------
@@ -259,5 +280,6 @@ def normalisation_warnings(model: nn.Module, card: ModelCard) -> list[str]:
 
 __all__ = [
     "ImageStats", "MEAN_WARN_THRESHOLD", "NormalisationCheck", "SampleImagesError", "VARIANCE_WARN_FACTOR",
-    "check_normalisation", "normalisation_warnings", "sample_stats", "stats_from_folder", "stats_from_npz",
+    "check_normalisation", "normalisation_warnings", "sample_stats", "stats_from_archive", "stats_from_folder",
+    "stats_from_npz",
 ]

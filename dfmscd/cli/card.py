@@ -22,8 +22,9 @@ def add_card_parser(sub: Any) -> None:
     c = sub.add_parser("card", help="write a teacher's model card (mean/std computed from sample images)")
     c.add_argument("--architecture", required=True, help="the teacher's architecture (see 'dfmscd architectures')")
     c.add_argument("--num-classes", required=True, type=int)
-    c.add_argument("--images", required=True, type=Path, metavar="DIR_or_NPZ",
-                   help="sample training images: a folder of .png/.jpg files, or an .npz with 'x' (uint8, or float in [0, 1])")
+    c.add_argument("--images", required=True, type=Path, metavar="DIR_NPZ_or_ARCHIVE",
+                   help="sample training images: a folder of .png/.jpg files, an .npz with 'x' (uint8, or float in "
+                        "[0, 1]), or a .tar/.tar.gz/.zip of class folders (its train/ folder when it has one)")
     c.add_argument("--image-size", type=int, help="input side; default: the images' (they must then all be square and equal)")
     c.add_argument("--channels", type=int, choices=(1, 3), help="default: 1 if every image is greyscale, else 3")
     c.add_argument("--class-names", help="comma-separated, one per class")

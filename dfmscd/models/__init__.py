@@ -10,6 +10,6 @@ from dfmscd.models.registry import (
 )
 
 # Architecture modules register themselves on import.
-from dfmscd.models import mobilenetv2, resnet_cifar, shufflenetv2, vgg, wrn  # noqa: F401,E402
+from dfmscd.models import lenet, mobilenetv2, resnet_cifar, shufflenetv2, vgg, wrn  # noqa: F401,E402
 
 __all__ = ["check_model_arguments", "count_parameters", "create_model", "is_model", "list_models", "register_model"]

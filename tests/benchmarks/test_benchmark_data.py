@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.data import DatasetUnavailable, load_dataset, load_digits_dataset, random_crop_flip, stratified_split
+from benchmarks.data import (ARCHIVES, DATA_DIR, DatasetUnavailable, load_dataset, load_digits_dataset, random_crop_flip,
+                             stratified_split)
 from benchmarks.tables import markdown_report, target_checks
 
 
@@ -49,12 +53,78 @@ def test_crop_is_a_translation_and_flip_mirrors():
     assert any(mirrored) and not all(mirrored)
 
 
-def test_cifar_without_local_data_is_a_clear_error(tmp_path):
+def test_a_missing_archive_or_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetUnavailable, match="nothing is downloaded"):
         load_dataset("cifar10", tmp_path)
-    with pytest.raises(DatasetUnavailable, match="--data-dir"):
+    with pytest.raises(DatasetUnavailable, match="unknown dataset"):
         load_dataset("cifar100", None)
     assert not any(tmp_path.iterdir())
+
+
+def _shared_archive(name: str) -> Path:
+    path = DATA_DIR / ARCHIVES[name]
+    if not path.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing: CI has ../shared/data")
+        pytest.skip(f"{path} is not on this machine")
+    return path
+
+
+@pytest.mark.parametrize(("name", "subset", "shape", "classes", "per_class"), [
+    ("mnist", "train", (28, 28, 1), 10, 30),
+    ("cifar10", "test", (32, 32, 3), 10, 30),
+    ("tiny_imagenet32", "train", (32, 32, 3), 200, 2),
+])
+def test_a_sample_of_each_real_archive_has_the_documented_layout(name, subset, shape, classes, per_class):
+    from dfmscd.image_archive import read_class_folders
+
+    sample = read_class_folders(_shared_archive(name), subset, channels=shape[2], limit_per_class=per_class)
+    assert sample.x.shape[1:] == shape and sample.x.dtype == np.uint8
+    assert len(sample.class_names) == classes
+    assert sample.y.min() == 0 and sample.y.max() == classes - 1
+    assert np.bincount(sample.y, minlength=classes).tolist() == [per_class] * classes
+    assert 20 < float(sample.x.mean()) < 200  # real pixels, not blank
+
+
+def test_tiny_imagenet_test_split_is_labelled_by_its_annotation_file():
+    from dfmscd.image_archive import read_class_folders, read_text_member
+
+    archive = _shared_archive("tiny_imagenet32")
+    wnids = sorted(read_text_member(archive, "wnids.txt").split())
+    labels = dict(line.split("\t")[:2] for line in read_text_member(archive, "val/val_annotations.txt").splitlines() if line)
+    assert len(wnids) == 200 and len(labels) == 10_000 and set(labels.values()) == set(wnids)
+    sample = read_class_folders(archive, "val", class_names=wnids, channels=3,
+                                class_of=lambda member: labels.get(member.name), limit_per_class=1)
+    assert sample.x.shape == (200, 32, 32, 3) and sorted(sample.y.tolist()) == list(range(200))
+
+
+def test_decoded_archives_are_cached_by_checksum(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from benchmarks.data import decoded_archive
+
+    def make(values):
+        with tarfile.open(tmp_path / ARCHIVES["mnist"], "w:gz") as tf:
+            for split in ("train", "test"):
+                for i, v in enumerate(values):
+                    buf = io.BytesIO()
+                    Image.fromarray(np.full((28, 28), v, dtype=np.uint8)).save(buf, format="PNG")
+                    info = tarfile.TarInfo(f"{split}/{i % 2}/{i}.png")
+                    info.size = len(buf.getvalue())
+                    tf.addfile(info, io.BytesIO(buf.getvalue()))
+
+    make([0, 100, 200, 250])
+    arrays, classes, sha = decoded_archive("mnist", tmp_path, cache_dir=tmp_path / "cache")
+    assert classes == ["0", "1"] and arrays["x_train"].shape == (4, 28, 28, 1)
+    assert sorted(arrays["x_train"][:, 0, 0, 0].tolist()) == [0, 100, 200, 250]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"mnist-{sha[:16]}"]
+    make([1, 2, 3, 4])  # a changed archive is another key, never the old arrays
+    arrays2, _, sha2 = decoded_archive("mnist", tmp_path, cache_dir=tmp_path / "cache")
+    assert sha2 != sha and sorted(arrays2["x_train"][:, 0, 0, 0].tolist()) == [1, 2, 3, 4]
+    assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
 def test_targets_and_table_from_a_result_dict():
@@ -81,7 +151,7 @@ def test_targets_and_table_from_a_result_dict():
 
 
 def test_baseline_gets_the_same_epochs_and_warmup_as_the_dfmscd_run():
-    from benchmarks.digits import _baseline_config
+    from benchmarks.compare import _baseline_config
     from dfmscd.config import resolve_config
 
     config = resolve_config("balanced", {"seed": 5, "kd_steps": 40})  # kd_steps=40 per epoch, pinned

@@ -1,4 +1,4 @@
-"""``digits.py --merge``: matrices run in parallel (one per seed) combine into the table one run would give."""
+"""``compare.py --merge``: matrices run in parallel (one per seed) combine into the table one run would give."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.digits import main, merge_matrices
+from benchmarks.compare import main, merge_matrices
 
 
 def _part(seed: int, ratio: float) -> dict:

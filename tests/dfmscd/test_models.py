@@ -13,7 +13,7 @@ from dfmscd.models.layers import GuardedMaxPool2d
 ZOO = [
     "resnet8", "resnet20", "resnet32", "resnet56", "resnet18", "resnet34",
     "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13",
-    "mobilenetv2", "shufflenetv2",
+    "mobilenetv2", "shufflenetv2", "lenet5", "lenet5_half",
 ]
 
 
@@ -104,3 +104,16 @@ def test_guarded_pool_keeps_tiny_maps() -> None:
     assert pool(torch.ones(1, 2, 5, 5)).shape == (1, 2, 3, 3)
     x = torch.arange(16.0).view(1, 1, 4, 4)
     assert pool(x).flatten().tolist() == [5.0, 7.0, 13.0, 15.0]
+
+
+def test_lenet5_keeps_the_papers_shapes_at_28x28() -> None:
+    # At MNIST's 28x28 the padded first convolution gives LeNet-5's 32x32 maps, so the last
+    # convolution sees 5x5 and returns 1x1 (no averaging), and the half network has half the widths.
+    full, half = create_model("lenet5", 10, 1, 28), create_model("lenet5_half", 10, 1, 28)
+    seen: dict[str, tuple[int, ...]] = {}
+    full.conv3.register_forward_hook(lambda _m, inp, out: seen.update(conv3_in=tuple(inp[0].shape), conv3_out=tuple(out.shape)))
+    _forward(full, 1, 28)
+    assert seen == {"conv3_in": (2, 16, 5, 5), "conv3_out": (2, 120, 1, 1)}
+    assert [full.conv1.out_channels, full.conv2.out_channels, full.conv3.out_channels, full.fc1.out_features] == [6, 16, 120, 84]
+    assert [half.conv1.out_channels, half.conv2.out_channels, half.conv3.out_channels, half.fc1.out_features] == [3, 8, 60, 42]
+    assert count_parameters(half) < count_parameters(full) / 3

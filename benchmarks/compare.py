@@ -1,8 +1,8 @@
 """DF-MSCD vs the single-student Fast-DFKD baseline vs KD on real data, on real images.
 
-    uv run python benchmarks/digits.py                 # 300 s DF-MSCD budget (the target run)
-    uv run python benchmarks/digits.py --quick         # 45 s budget, 15 KD-on-real epochs; labelled "quick"
-    uv run python benchmarks/digits.py --dataset cifar10 --data-dir ~/data --device cuda
+    uv run python benchmarks/compare.py                 # digits, 300 s DF-MSCD budget
+    uv run python benchmarks/compare.py --quick         # 45 s budget, 15 KD-on-real epochs; labelled "quick"
+    OMP_NUM_THREADS=1 uv run python benchmarks/compare.py --dataset cifar10 --matrix --clock cpu --budget 1200 --seeds 0
 
 What is compared (see benchmarks/README.md for the reasoning):
 (a) DF-MSCD: one run distilling all students together, with a wall-clock budget.
@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,16 +35,21 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``dfms
 import torch
 
 from benchmarks.data import DATASETS, Dataset, DatasetUnavailable, load_dataset
+from benchmarks.machine import machine_info
 from benchmarks.tables import markdown_report, target_checks
-from benchmarks.teacher import get_teacher
+from benchmarks.teacher import RECIPES, TeacherMissing, get_teacher
 from benchmarks.train import accuracy, pick_device, train_kd_real
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-DEFAULTS = {  # per dataset: teacher, students, teacher epochs, KD-on-real epochs
-    # three heterogeneous students, one of them depthwise (issue 8)
-    "digits": dict(teacher="resnet20", students="resnet8,vgg8,mobilenetv2", teacher_epochs=40, kd_epochs=60),
-    "cifar10": dict(teacher="resnet34", students="resnet18,wrn_16_2,mobilenetv2", teacher_epochs=200, kd_epochs=200),
-    "cifar100": dict(teacher="resnet34", students="resnet18,wrn_16_2,mobilenetv2", teacher_epochs=200, kd_epochs=200),
+# Per dataset: three heterogeneous students, one of them the costliest per step (depthwise
+# mobilenetv2 on digits; shufflenetv2 on CIFAR-10, where mobilenetv2's 2.8 s per KD step belongs to
+# the GPU), and epochs of KD on real images for the legacy single run. Teachers: benchmarks/teacher.py.
+DEFAULTS = {
+    "digits": dict(students="resnet8,vgg8,mobilenetv2", kd_epochs=60),
+    "digits24": dict(students="resnet8,vgg8,mobilenetv2", kd_epochs=60),
+    "mnist": dict(students="lenet5_half,resnet8,wrn_16_1", kd_epochs=5),
+    "cifar10": dict(students="resnet8,wrn_16_1,shufflenetv2", kd_epochs=20),
+    "tiny_imagenet32": dict(students="resnet8,wrn_16_1,shufflenetv2", kd_epochs=5),
 }
 
 
@@ -98,6 +101,13 @@ def _distill(teacher: torch.nn.Module, card: Any, archs: list[str], config: Any,
         "kd_steps": rep["kd_steps"],
         "images_synthesized": rep["images_synthesized"],
         "images_per_s": rep["images_per_s"],
+        "synthesis_images_per_s": rep.get("synthesis_images_per_s"),
+        "kd_steps_per_s": rep.get("kd_steps_per_s"),
+        "synthesis_share": rep["timings"]["synthesis_s"] / rep["timings"]["total_s"] if rep["timings"]["total_s"] else None,
+        "kd_share": rep["timings"]["kd_s"] / rep["timings"]["total_s"] if rep["timings"]["total_s"] else None,
+        "kd_updates": {n: s.get("kd_updates") for n, s in rep["students"].items()},
+        "teacher_agreement": {n: s.get("teacher_agreement") for n, s in rep["students"].items()},
+        "sizing": rep.get("sizing"),
         "pool_balance": rep["pool"]["balance"],
         "label_balance": rep["pool"]["label_balance"],
         "recognised_rate": rep["pool"]["recognised_rate"],
@@ -139,23 +149,32 @@ def _baseline_config(config: Any, dfmscd: dict[str, Any], match: str, budget_s: 
 
 
 def _kd_real(teacher: torch.nn.Module, card: Any, arch: str, data: Dataset, epochs: int, temperature: float,
-             device: torch.device, seed: int, teacher_test: float) -> dict[str, Any]:
+             device: torch.device, seed: int, teacher_test: float, budget_s: float | None = None,
+             config: Any = None) -> dict[str, Any]:
+    """KD on the real training images: ``epochs``, or ``budget_s`` seconds of the benchmark's clock with the
+    data-free run's KD batch, learning rate and weight decay (``config``)."""
     from dfmscd.models import create_model
 
     c, h, _ = data.input_shape
     torch.manual_seed(seed)
     student = create_model(arch, data.num_classes, in_channels=c, image_size=h)
-    stats = train_kd_real(student, copy.deepcopy(teacher), data, epochs, temperature, device, seed=seed)
-    figures = {"wall_s": stats.wall_s, "epochs": epochs, "kd_steps": stats.steps, "images_per_s": stats.images_per_s,
+    extra = {} if config is None else {"lr": config.lr_s, "batch_size": config.kd_batch_size,
+                                       "weight_decay": config.weight_decay}
+    cpu0 = time.process_time()
+    stats = train_kd_real(student, copy.deepcopy(teacher), data, epochs, temperature, device, seed=seed,
+                          budget_s=budget_s, clock=CLOCKS[BUDGET_CLOCK[0]], **extra)
+    figures = {"wall_s": stats.wall_s, "cpu_s": time.process_time() - cpu0, "epochs": stats.images / len(data.y_train),
+               "kd_steps": stats.steps, "images_per_s": stats.images_per_s,
                **_student_figures({arch: student}, data, device, teacher_test)[arch]}
-    log(f"kd-real {arch}: {stats.wall_s:.1f}s test {figures['test_accuracy']:.4f}")
+    log(f"kd-real {arch}: {stats.wall_s:.1f}s, {stats.steps} steps, test {figures['test_accuracy']:.4f}")
     return figures
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--data-dir", help="folder holding CIFAR in torchvision's layout (never downloaded)")
+    p.add_argument("--data-dir", help="folder of the image archives (default ../shared/data; never downloaded)")
+    p.add_argument("--train-teacher", action="store_true", help="train the teacher when benchmarks/teachers/ has none")
     p.add_argument("--budget", type=float, help="DF-MSCD wall-clock budget in seconds (default 300, --quick 45)")
     p.add_argument("--quick", action="store_true", help="short smoke run; results are written as <dataset>_quick.*")
     p.add_argument("--preset", default="balanced")
@@ -170,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the distillation runs")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (and teacher)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    p.add_argument("--matrix", action="store_true", help="issue 8's equal-wall-time comparison over --seeds and --arms")
+    p.add_argument("--matrix", action="store_true", help="the equal-total-time comparison over --seeds and --arms")
     p.add_argument("--seeds", default="0,1,2", help="--matrix: comma-separated seeds")
     p.add_argument("--arms", default="dfmscd,ablation,preset_single", help=f"--matrix: any of {','.join(ARMS)}")
     p.add_argument("--tag", default="", help="--matrix: suffix of the result file names")
@@ -203,7 +222,16 @@ COMPONENT_ABLATIONS = {  # DF-MSCD with one component switched off
 VARIANTS = {  # DF-MSCD with one setting changed (not an ablation: a candidate for the preset)
     "dfmscd_recognised": {"pool_admission": "recognised"},
 }
-ARMS = ("dfmscd", "ablation", "preset_single", *COMPONENT_ABLATIONS, *VARIANTS)
+# ``kd_real``: the ceiling, KD on the real training images with each student's single-student time (T/N),
+# run on the first seed only.
+ARMS = ("dfmscd", "ablation", "preset_single", "kd_real", *COMPONENT_ABLATIONS, *VARIANTS)
+
+
+def _load_teacher(args: argparse.Namespace, data: Dataset, device: torch.device) -> tuple[Any, Any, dict[str, Any], dict[str, Path]]:
+    recipe = RECIPES.get(data.name)
+    arch = args.teacher or (recipe.arch if recipe else "resnet20")
+    epochs = args.teacher_epochs or (recipe.epochs if recipe else 40)
+    return get_teacher(data, arch, epochs, args.split_seed, device, log=log, train_missing=args.train_teacher)
 
 
 def real_within_class_distance(teacher: torch.nn.Module, data: Dataset, per_class: int = 64) -> float | None:
@@ -217,10 +245,11 @@ def real_within_class_distance(teacher: torch.nn.Module, data: Dataset, per_clas
 
 
 def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
-    """Issue 8's comparison at equal total wall time, once per seed:
+    """The comparison at equal total time (``--clock``), once per seed:
     ``dfmscd``: one run, N students, T s; ``ablation``: the Fast-DFKD ablation once per student
-    with T/N s; ``preset_single``: our preset once per student with T/N s; the component
-    ablations: DF-MSCD with one component off, N students, T s."""
+    with T/N s; ``preset_single``: our preset once per student with T/N s; ``kd_real``: KD on real
+    images, T/N s per student, first seed only; the component ablations: DF-MSCD with one component
+    off, N students, T s."""
     from dfmscd.cli import parse_set_option
     from dfmscd.config import Budget, resolve_config
 
@@ -228,10 +257,8 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     budget_s = args.budget if args.budget is not None else 300.0
     archs = (args.students or defaults["students"]).split(",")
     device = pick_device(args.device)
-    data = load_dataset(args.dataset, args.data_dir, seed=args.split_seed)
-    teacher, card, teacher_meta, paths = get_teacher(data, args.teacher or defaults["teacher"],
-                                                     args.teacher_epochs or defaults["teacher_epochs"],
-                                                     args.split_seed, device, log=log)
+    data = load_dataset(args.dataset, args.data_dir, seed=args.split_seed, log=log)
+    teacher, card, teacher_meta, paths = _load_teacher(args, data, device)
     teacher_test = accuracy(teacher, data, "test", device)
     real_div = real_within_class_distance(teacher, data)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -263,6 +290,13 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
                 students = figures.pop("students")
                 for name, st in students.items():
                     results["runs"].append({"arm": arm, "seed": seed, "student": name, **figures, **st})
+            elif arm == "kd_real":
+                if seed != seeds[0]:
+                    continue
+                for arch in archs:
+                    figures = _kd_real(teacher, card, arch, data, 1, config.temperature, device, seed, teacher_test,
+                                       budget_s=budget_s / len(archs), config=config)
+                    results["runs"].append({"arm": arm, "seed": seed, "student": arch, "budget_clock": args.clock, **figures})
             else:
                 cfg = config.single_student_baseline() if arm == "ablation" else config
                 for arch in archs:
@@ -280,23 +314,6 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
 
     results["summary"] = matrix_summary(results)
     return results
-
-
-def cpu_model() -> str:
-    """The CPU's model name: CPU-second budgets buy different work on different CPUs (and a teacher
-    retrained on another CPU differs), so results must say which one they ran on."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: Any) -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__}
 
 
 SETUP_KEYS = ("dataset", "budget_s", "budget_clock", "preset", "set", "students", "split", "real_within_class_distance")
@@ -345,16 +362,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     defaults = DEFAULTS[args.dataset]
     budget_s = args.budget if args.budget is not None else (45.0 if args.quick else 300.0)
     archs = (args.students or defaults["students"]).split(",")
-    teacher_arch = args.teacher or defaults["teacher"]
-    teacher_epochs = args.teacher_epochs or defaults["teacher_epochs"]
     kd_epochs = args.kd_epochs or (max(1, defaults["kd_epochs"] // 4) if args.quick else defaults["kd_epochs"])
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     device = pick_device(args.device)
 
-    data = load_dataset(args.dataset, args.data_dir, seed=args.split_seed)
+    data = load_dataset(args.dataset, args.data_dir, seed=args.split_seed, log=log)
     log(f"{args.dataset}: train {len(data.y_train)} / val {len(data.y_val)} / test {len(data.y_test)}, "
         f"input {list(data.input_shape)}, mean {data.mean}, std {data.std}")
-    teacher, card, teacher_meta, paths = get_teacher(data, teacher_arch, teacher_epochs, args.split_seed, device, log=log)
+    teacher, card, teacher_meta, paths = _load_teacher(args, data, device)
     teacher_test = accuracy(teacher, data, "test", device)
 
     overrides = {**dict(parse_set_option(t) for t in args.set), "seed": args.seed, "device": args.device}
@@ -430,11 +445,16 @@ def main(argv: list[str] | None = None) -> int:
         _write_matrix(args, results)
         return 0
     if args.matrix:
-        _write_matrix(args, {**run_matrix(args), "complete": True})
+        try:
+            results = run_matrix(args)
+        except (DatasetUnavailable, TeacherMissing) as exc:
+            print(f"benchmark: error: {exc}", file=sys.stderr)
+            return 2
+        _write_matrix(args, {**results, "complete": True})
         return 0
     try:
         results = run(args)
-    except (DatasetUnavailable, DfmscdError) as exc:
+    except (DatasetUnavailable, TeacherMissing, DfmscdError) as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
     json_path, md_path = _paths(args)

@@ -27,6 +27,8 @@ class StudentOut(BaseModel):
     sha256: str | None
     size_bytes: int | None
     weights_url: str | None
+    flag: str | None = Field(None, description="why this student's result is doubtful (its held-out agreement with "
+                             "the teacher is below 0.5, with the likely cause); None when it is not")
 
 
 class JobOut(BaseModel):
@@ -50,8 +52,13 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    warnings: list[str] = Field(default_factory=list, description="advice found at creation, e.g. one student "
-                                "taking most of every shared KD step; never an error")
+    warnings: list[str] = Field(default_factory=list, description="advice, never an error: at creation (one student "
+                                "taking most of every shared KD step, a seconds budget below what the students need), "
+                                "when the run starts (its own measurement of the budget) and when it ends (students "
+                                "with low agreement with the teacher, classes that never reached the pool)")
+    advice: dict[str, Any] | None = Field(None, description="what a seconds budget buys (None for an epochs budget): "
+                                          "basis history|run|unmeasured, source, device, measured_at, message, "
+                                          "below_floor, and epochs, kd_updates per student, min_budget_s, ... when measured")
 
 
 def _weights_url(job_id: str, s: JobStudent) -> str | None:
@@ -70,6 +77,7 @@ def student_out(job_id: str, s: JobStudent) -> StudentOut:
         sha256=s.sha256,
         size_bytes=s.size_bytes,
         weights_url=_weights_url(job_id, s),
+        flag=(s.metrics or {}).get("flag") or None,
     )
 
 
@@ -97,4 +105,5 @@ def job_out(job: Job) -> JobOut:
         started_at=job.started_at,
         finished_at=job.finished_at,
         warnings=list(job.warnings or []),
+        advice=job.advice,
     )

@@ -132,6 +132,9 @@ class Job(Base):
     samples_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     # Advice found at creation (e.g. one student taking most of every shared step); never errors.
     warnings: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # What a seconds budget buys (dfmscd.sizing.Advice plus where its costs came from): from costs
+    # measured before, at creation; replaced by the run's own measurement when it starts.
+    advice: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # Lease: who runs it and until when; renewed by the worker's heartbeat.
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -184,6 +187,30 @@ class JobEvent(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MeasuredCost(Base):
+    """The latest time one unit of work took on one device (the ``sizing`` event of a run's first
+    start), so the API can tell what a seconds budget buys before a job runs. ``batch_size`` is the
+    batch it was measured at; readers scale ``ms`` linearly to theirs."""
+
+    __tablename__ = "measured_costs"
+    __table_args__ = (
+        UniqueConstraint("device", "role", "architecture", "input_shape", name="uq_measured_costs_key"),
+        Index("ix_measured_costs_kind_shape", "device_kind", "input_shape"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(255))  # the advice's device label, e.g. "cpu (AMD EPYC, 1 threads)"
+    device_kind: Mapped[str] = mapped_column(String(16))  # "cpu" | "cuda"
+    # kd | synthesis | teacher_forward | synthesis_teacher | synthesis_generator
+    role: Mapped[str] = mapped_column(String(32))
+    architecture: Mapped[str] = mapped_column(String(255))  # a zoo name (+ its kwargs), or "generator:<width>x<latent>"
+    input_shape: Mapped[str] = mapped_column(String(64))  # "CxHxW"
+    batch_size: Mapped[int] = mapped_column(Integer)
+    ms: Mapped[float] = mapped_column(Float)
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+    job_id: Mapped[str | None] = mapped_column(String(40), default=None)  # the run that measured it (may be deleted)
 
 
 class IdempotencyKey(Base):

@@ -5,6 +5,11 @@ of them would make a fast run on a small input mostly database traffic, so progr
 job row is written as it comes but progress *events* at most every ``PROGRESS_EVENT_S`` and
 metrics events at most every ``METRICS_EVENT_S`` (the last one is always flushed).
 A database hiccup drops an event (logged) rather than failing a run that may have taken hours.
+
+The ``sizing`` event (a seconds budget's first start) also writes back what the run derived: the
+effective config into the job's stored config (a resumed run then reads it, and the checkpoint's
+fingerprint ignores derived fields), its warnings and advice onto the job, and the measured costs
+into ``measured_costs`` for the API's advice on later jobs.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dfmscd_service.core.measured_costs import advice_view, device_of, figures_from_sizing, merge_warnings, record_figures
 from dfmscd_service.core.models import Job, JobEvent, JobStudent, utcnow
 
 log = logging.getLogger("dfmscd.worker")
@@ -40,9 +47,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class CostKeys:
+    """How a run's measured costs are keyed: each student's name to its architecture key, the
+    teacher's architecture key and the input shape (``core.measured_costs``)."""
+
+    students: Mapping[str, str]
+    teacher: str
+    input_shape: Sequence[int]
+
+
 class EventRecorder:
     def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str) -> None:
         self.sessions = sessions
+        self.cost_keys: CostKeys | None = None  # set by the runner once it has read the job
         self.job_id = job_id
         self.owner = owner
         with sessions() as s:
@@ -132,8 +150,42 @@ class EventRecorder:
                 self.write(kind, epoch, progress, data, {"epoch": epoch, "progress": progress})
             else:
                 self._pending_metrics = (epoch, progress, data)
+        elif kind == "sizing":
+            self._sizing(epoch, progress, data)
         else:  # log, checkpoint, anything new: always kept
             self.write(kind, epoch, progress, data, {"epoch": epoch})
+
+    def _sizing(self, epoch: int, progress: float, data: dict[str, Any]) -> None:
+        """The event, with the effective config, warnings and advice on the job; then the costs."""
+        try:
+            with self.sessions() as session:
+                row = session.execute(select(Job.warnings, Job.advice).where(Job.id == self.job_id)).one_or_none()
+        except OperationalError as exc:
+            log.warning("job %s: could not read its warnings: %s", self.job_id, str(exc).splitlines()[0])
+            row = None
+        warnings, old_advice = (row[0], row[1]) if row is not None else (None, None)
+        # The estimate made at creation gives way to this run's own measurement.
+        dropped = [old_advice.get("message")] if isinstance(old_advice, dict) and old_advice.get("basis") == "history" else []
+        device = device_of(data)
+        values: dict[str, Any] = {
+            "epoch": epoch,
+            "warnings": merge_warnings(warnings, data.get("warnings") or [], dropped),
+            "advice": _jsonable(advice_view(data.get("advice"), basis="run", device=device, measured_at=utcnow(),
+                                            message=str(data.get("message") or ""))),
+        }
+        if isinstance(data.get("config"), dict):
+            values["config"] = _jsonable(data["config"])
+        self.write("sizing", epoch, progress, data, values)
+        if self.cost_keys is None or device is None:
+            return
+        keys = self.cost_keys
+        try:
+            with self.sessions() as session:
+                record_figures(session, device, keys.input_shape, figures_from_sizing(data, keys.students, keys.teacher),
+                               job_id=self.job_id)
+                session.commit()
+        except (OperationalError, IntegrityError) as exc:  # a cache for later advice: never fails the run
+            log.warning("job %s: could not store its measured costs: %s", self.job_id, str(exc).splitlines()[0])
 
     def flush(self) -> None:
         if self._pending_metrics is not None:

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from sqlalchemy import select, update
@@ -32,6 +32,7 @@ from dfmscd.errors import CardError, CheckpointError, ConfigError, DfmscdError
 from dfmscd.io import ModelCard, load_teacher
 from dfmscd.outputs import run_outputs
 from dfmscd_service.core.db import session_factory
+from dfmscd_service.core.measured_costs import architecture_key, merge_warnings
 from dfmscd_service.core.models import Job, JobStatus, JobStudent, Teacher, utcnow
 from dfmscd_service.core.settings import Settings, get_settings
 from dfmscd_service.core.storage import get_storage
@@ -48,7 +49,7 @@ from dfmscd_service.worker.checkpoint_mirror import CheckpointMirror, discard_st
 from dfmscd_service.worker.faults import ENV_VAR as FAULT_ENV_VAR
 from dfmscd_service.worker.faults import fault_callback, pause_callback
 from dfmscd_service.worker.lease import claim, new_lease_owner, renew, still_owner
-from dfmscd_service.worker.recorder import EventRecorder, LeaseLost, _jsonable
+from dfmscd_service.worker.recorder import CostKeys, EventRecorder, LeaseLost, _jsonable
 
 log = logging.getLogger("dfmscd.worker")
 
@@ -178,10 +179,15 @@ class JobRun:
         self.written: list[str] = []
 
     # --- outcome writes (all conditional on the lease) ---
-    def _finish(self, status: str, students: dict[str, dict[str, Any]], **job_values: Any) -> None:
+    def _finish(self, status: str, students: dict[str, dict[str, Any]], add_warnings: Sequence[str] = (),
+                **job_values: Any) -> None:
+        """The outcome in one transaction under the lease; ``add_warnings`` join the job's warnings."""
         def tx() -> None:
             with self.sessions() as s:
                 now = utcnow()
+                if add_warnings:
+                    current = s.scalar(select(Job.warnings).where(Job.id == self.job_id))
+                    job_values["warnings"] = merge_warnings(current, add_warnings)
                 res = s.execute(
                     update(Job)
                     .where(Job.id == self.job_id, Job.lease_owner == self.owner)
@@ -234,6 +240,7 @@ class JobRun:
             assert job is not None
             teacher = s.get(Teacher, job.teacher_id) if job.teacher_id else None
             specs = [StudentSpec(st.architecture, st.name, dict(st.arch_kwargs or {})) for st in job.students]
+            student_keys = {st.name: architecture_key(st.architecture, st.arch_kwargs) for st in job.students}
             config = DistillConfig.model_validate(job.config)
             budget = Budget.model_validate(job.budget)
             status_at_start = job.status
@@ -241,6 +248,7 @@ class JobRun:
         if teacher is None:
             raise JobFailure("teacher_missing", "the job's teacher was deleted")
         card = ModelCard.model_validate(teacher.card)
+        recorder.cost_keys = CostKeys(student_keys, architecture_key(card.architecture, card.arch_kwargs), card.input_shape)
         job_dir = self.settings.job_dir(self.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         teacher_model = self._load_teacher(teacher.storage_key, card, job_dir)
@@ -289,7 +297,8 @@ class JobRun:
                 "size_bytes": stored.size_bytes,
                 "card": student_card.model_dump(mode="json", exclude_none=True),
                 "parameters": info.get("params"),
-                "metrics": {k: v for k, v in info.items() if k in ("final_loss", "teacher_agreement", "kd_ms_per_step")},
+                "metrics": {k: v for k, v in info.items()
+                            if k in ("final_loss", "teacher_agreement", "kd_ms_per_step", "kd_updates", "flag")},
             }
         samples_values: dict[str, Any] = {}
         for output in (o for o in outputs if o.kind == "samples"):
@@ -308,7 +317,10 @@ class JobRun:
         values: dict[str, Any] = {"report": _jsonable(result.report), **samples_values}
         if not partial:
             values["progress"] = 1.0
-        self._finish(final_status, students, **values)
+        # Nothing fails silently: the budget advice, each student's low agreement with the teacher
+        # and the classes that never reached the pool join the job's warnings.
+        report_warnings = [w for w in (result.report or {}).get("warnings") or [] if isinstance(w, str)]
+        self._finish(final_status, students, add_warnings=report_warnings, **values)
         return final_status
 
 

@@ -123,3 +123,52 @@ def test_a_failing_job_ends_failed_with_a_reason_and_the_worker_goes_on(client, 
     ok = client.post("/v1/jobs", headers=auth, json=job_body(good["id"], hyperparameters=TINY_HYPERPARAMETERS,
                                                              budget={"epochs": 1})).json()["id"]
     assert poll_job(client, auth, ok, ("succeeded", "failed", "cancelled"))["status"] == "succeeded"
+
+
+def test_a_seconds_budget_keeps_what_the_run_derived_measured_and_warned(client, auth, teacher, celery_worker):
+    from sqlalchemy import select
+
+    from dfmscd_service.core.db import session_scope
+    from dfmscd_service.core.models import MeasuredCost
+
+    body = job_body(teacher["id"], students=[{"architecture": "resnet8", "name": "small"}], preset="balanced",
+                    budget="20s", hyperparameters={"device": "cpu"})
+    created = client.post("/v1/jobs", headers=auth, json=body)
+    assert created.status_code == 202, created.text
+    jid = created.json()["id"]
+    assert created.json()["advice"]["basis"] in ("unmeasured", "history")  # before the run: an estimate at most
+    job = poll_job(client, auth, jid, ("succeeded", "failed", "cancelled"))
+    assert job["status"] == "succeeded", (job["error"], celery_worker.log())
+
+    events = client.get(f"/v1/jobs/{jid}/events?limit=1000", headers=auth).json()["data"]
+    [sizing] = [e["data"] for e in events if e["kind"] == "sizing"]
+    # The stored config is the run's effective one: the KD steps it derived from the budget.
+    assert job["config"] == sizing["config"]
+    assert job["config"]["kd_steps"] == sizing["derived"]["kd_steps"] == job["report"]["config"]["kd_steps"]
+    assert job["config"]["pinned"] == [] and job["config"]["auto_size"] is True
+    # The advice is the run's own measurement, and every warning of the run is on the job.
+    advice = job["advice"]
+    assert advice["basis"] == "run" and advice["message"] == sizing["message"]
+    assert advice["device"].startswith("cpu (") and advice["message"].startswith(f"on {advice['device']} ")
+    assert set(sizing["warnings"]) <= set(job["warnings"]) and set(job["report"]["warnings"]) <= set(job["warnings"])
+    assert len(job["warnings"]) == len(set(job["warnings"]))
+    student = job["students"][0]
+    reported = job["report"]["students"]["small"]
+    assert student["metrics"]["kd_updates"] == reported["kd_updates"] > 0
+    assert student["flag"] == student["metrics"]["flag"] == reported["flag"]
+    assert student["metrics"]["teacher_agreement"] == reported["teacher_agreement"]
+    if student["flag"]:
+        assert student["flag"] in job["warnings"]
+
+    # The costs it measured, kept for the advice on later jobs on this device.
+    with session_scope() as s:
+        rows = s.scalars(select(MeasuredCost).where(MeasuredCost.job_id == jid)).all()
+        stored = {(r.role, r.architecture): (r.device, r.input_shape, r.batch_size, r.ms) for r in rows}
+    generator = f"generator:{job['config']['generator_width']}x{job['config']['latent_dim']}"
+    assert set(stored) == {("kd", "resnet8"), ("synthesis", "resnet8"), ("teacher_forward", "resnet8"),
+                           ("synthesis_teacher", "resnet8"), ("synthesis_generator", generator)}
+    assert {v[:2] for v in stored.values()} == {(advice["device"], "1x8x8")}
+    assert stored[("kd", "resnet8")][2:] == (sizing["measured_ms"]["kd_batch_size"], sizing["measured_ms"]["kd"]["small"])
+    later = client.post("/v1/jobs", headers=auth, json=body).json()
+    client.post(f"/v1/jobs/{later['id']}/cancel", headers=auth)
+    assert later["advice"]["basis"] == "history" and later["advice"]["device"] == advice["device"]

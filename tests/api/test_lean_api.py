@@ -1,8 +1,9 @@
 """The web process never imports torch: the zoo, teacher checks and job plans run in the torch pool.
 
 A fresh interpreter (nothing imported before) builds the app, runs its lifespan and serves the
-requests that used to load torch in-process (a teacher upload, a bad one, a job, the zoo), over
-an in-process ASGI client; then ``sys.modules`` must hold no ``torch``. The answers are checked
+requests that used to load torch in-process (a teacher upload, a bad one, a job with a seconds
+budget and its advice, the zoo), over an in-process ASGI client; then ``sys.modules`` must hold
+no ``torch``. The answers are checked
 too, so a pool that silently did nothing would fail. The lifespan also freezes the start-up heap
 (``gc.freeze``), so full collections under load skip the framework's objects.
 """
@@ -44,7 +45,7 @@ async def main():
                                data={"card": json.dumps({**card, "architecture": "no_such_net"})})
             out["bad_card"] = [bad.status_code, bad.json()]
             job = await c.post("/v1/jobs", json={"teacher_id": up.json()["id"], "students": [{"architecture": "resnet8"}],
-                                                 "preset": "fast", "budget": {"epochs": 1}})
+                                                 "preset": "fast", "budget": "30s"})
             out["job"] = [job.status_code, job.json()]
             out["poll"] = (await c.get(f"/v1/jobs/{job.json()['id']}")).status_code
             out["lists"] = [(await c.get(p)).status_code for p in ("/v1/jobs?limit=5", "/v1/teachers?limit=5")]
@@ -73,6 +74,7 @@ def test_the_api_process_never_imports_torch(service, teacher_file: Path) -> Non
     status, job = out["job"]
     assert status == 202, job
     assert job["students"][0]["parameters"] > 0  # counted by building the student, in the pool
+    assert job["advice"]["message"]  # a seconds budget's advice is planned in this process (dfmscd.sizing)
     assert out["poll"] == 200 and out["lists"] == [200, 200]
     status, names = out["zoo"]
     assert status == 200 and "resnet8" in names

@@ -3,18 +3,24 @@
 Same ``Idempotency-Key`` and same body give the same job, also when two such requests race;
 the concurrency limit is checked under the owner's lock; the message goes to the broker only
 after the row is committed, and a job the broker refused is marked failed, never left queued.
+A seconds budget gets its advice (``job_advice``) from the costs workers measured before; a
+budget below what the students need is a warning on the job, never a refusal.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dfmscd.io.card import ModelCard
 from dfmscd_service.api.auth import Principal, lock_owner
 from dfmscd_service.api.deps import get_owned_teacher
 from dfmscd_service.api.http.errors import ApiError
 from dfmscd_service.api.schemas import JobCreate
+from dfmscd_service.api.services.job_advice import budget_advice
 from dfmscd_service.api.services.job_requests import JobPlan, plan_job, request_hash
 from dfmscd_service.core.broker import BrokerUnavailable, enqueue_job
 from dfmscd_service.core.models import ACTIVE_STATUSES, IdempotencyKey, Job, JobStatus, JobStudent, Teacher, new_id, utcnow
@@ -48,7 +54,8 @@ def _check_concurrency(session: Session, principal: Principal) -> None:
         )
 
 
-def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobPlan) -> Job:
+def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobPlan,
+             advice: dict[str, Any] | None) -> Job:
     job = Job(
         id=new_id("job"),
         owner_id=principal.owner_id,
@@ -64,6 +71,7 @@ def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobP
         attempts=0,
         enqueued_at=utcnow(),
         warnings=plan.warnings or None,
+        advice=advice,
     )
     job.students = [
         JobStudent(
@@ -94,10 +102,14 @@ def create_job(session: Session, principal: Principal, body: JobCreate, idempote
         teacher = get_owned_teacher(session, principal, body.teacher_id)
     except ApiError:
         raise ApiError(404, "not_found", f"teacher {body.teacher_id!r} not found") from None
-    plan = plan_job(body, teacher, get_settings())
+    settings = get_settings()
+    plan = plan_job(body, teacher, settings)
+    advice = budget_advice(session, plan, ModelCard.model_validate(teacher.card), settings)
+    if advice is not None and advice.get("below_floor"):
+        plan.warnings.append(advice["message"])
     _check_concurrency(session, principal)
 
-    job = _new_job(principal, teacher, body, plan)
+    job = _new_job(principal, teacher, body, plan, advice)
     try:
         session.add(job)
         session.flush()  # the job row first: the idempotency key references it

@@ -22,3 +22,7 @@ class UnknownArchitectureError(DfmscdError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "unknown architecture"
+
+
+class ExportError(DfmscdError):
+    """A student could not be exported to a format, or its exported file failed verification."""

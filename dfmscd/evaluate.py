@@ -1,4 +1,14 @@
-"""Accuracy of a model on a labelled ``.npz`` (arrays ``x`` and ``y``), as ``dfmscd evaluate`` reports it.
+"""Accuracy of a model on the user's labelled images, as ``dfmscd evaluate`` reports it: a labelled
+``.npz`` (arrays ``x`` and ``y``) or a class-folder archive (``.tar``, ``.tar.gz``, ``.zip``:
+``CLASS/IMAGE.png``, read by ``dfmscd.image_archive``). The model is a safetensors file written by
+dfmscd, an ``.onnx`` or ``.int8.onnx`` file written by dfmscd (the card is in its metadata), or
+weights with a separate card (a teacher). Evaluation data is only for reporting: nothing here
+trains or calibrates anything on it.
+
+Archive labels follow the card's ``class_names`` when it has them (each folder must be one of
+them); otherwise folders named by integers are those labels, and any other names are taken in
+sorted order. Images must have the card's height and width (no resizing); grey images are
+repeated to three channels and colour ones turned grey as the card asks.
 
 Input convention (documented contract): ``x`` is uint8 in [0, 255] (scaled to [0, 1]) or float
 already in [0, 1] (values outside [-0.001, 1.001] are refused: they are almost always unscaled
@@ -12,16 +22,25 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from dfmscd.errors import DfmscdError
+from dfmscd.errors import CardError, DfmscdError
+from dfmscd.image_archive import ArchiveLimits, is_archive, read_class_folders
 from dfmscd.io.card import ModelCard
 
 MAX_NPZ_BYTES = 2 * 1024**3  # declared uncompressed size of x and y together
+# What one evaluation set may hold (dfmscd evaluate and the service alike): 200 MB of pixels read
+# (the .npz's declared arrays, or the archive's members), 100,000 images.
+EVALUATION_MAX_BYTES = 200 * 10**6
+EVALUATION_MAX_IMAGES = 100_000
+EVALUATION_LIMITS = ArchiveLimits(max_images=EVALUATION_MAX_IMAGES, max_total_bytes=EVALUATION_MAX_BYTES)
 _FLOAT_SLACK = 1e-3
 
 
@@ -129,12 +148,148 @@ def evaluate(module: nn.Module, card: ModelCard | None, x: torch.Tensor, y: torc
 
 
 def evaluate_model_file(model_path: str | os.PathLike[str], npz_path: str | os.PathLike[str], batch_size: int = 256) -> dict[str, float | int | str]:
-    """What ``dfmscd evaluate`` prints: accuracy of a ``save_model`` file on a labelled ``.npz``."""
-    from dfmscd.io import load_model
-
-    module, card = load_model(model_path)
-    x, y = read_labelled_npz(npz_path, card)
-    return {"architecture": card.architecture, "n": int(x.shape[0]), "accuracy": evaluate(module, card, x, y, batch_size)}
+    """Accuracy of a model file dfmscd wrote (safetensors, .onnx, .int8.onnx) on a labelled ``.npz``
+    or class-folder archive: ``{"architecture", "n", "accuracy"}``."""
+    result = evaluate_file(model_path, npz_path, batch_size=batch_size)
+    return {"architecture": result["architecture"], "n": result["n"], "accuracy": result["accuracy"]}
 
 
-__all__ = ["LabelledDataError", "evaluate", "evaluate_model_file", "predict", "read_labelled_npz", "to_model_input"]
+# --- evaluation sets: .npz or class-folder archives --------------------------------------------
+
+def read_evaluation_set(path: str | os.PathLike[str], card: ModelCard,
+                        limits: ArchiveLimits = EVALUATION_LIMITS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a labelled ``.npz`` or class-folder archive, normalised for ``card`` (see the
+    module doc), within ``limits`` (bytes read, images)."""
+    path = Path(path)
+    if is_archive(path):
+        return _read_archive(path, card, limits)
+    if path.suffix.lower() != ".npz":
+        raise LabelledDataError(f"{path.name}: evaluation data must be a .npz (x, y) or a class-folder archive "
+                                "(.tar, .tar.gz, .tgz, .zip)")
+    x, y = read_labelled_npz(path, card, max_bytes=limits.max_total_bytes)
+    if x.shape[0] > limits.max_images:
+        raise LabelledDataError(f"{path.name}: {x.shape[0]} images (limit {limits.max_images})")
+    return x, y
+
+
+def _read_archive(path: Path, card: ModelCard, limits: ArchiveLimits) -> tuple[torch.Tensor, torch.Tensor]:
+    c, h, w = card.input_shape
+    images = read_class_folders(path, class_names=card.class_names, channels=c, limits=limits)
+    got_h, got_w = images.x.shape[1:3]
+    if (got_h, got_w) != (h, w):
+        raise LabelledDataError(f"{path.name}: images are {got_w}x{got_h} pixels; the model card expects "
+                                f"{c} x {h} x {w} (C x H x W), and images are not resized")
+    y = images.y
+    if card.class_names is None:
+        folders = images.class_names
+        if all(name.isdigit() for name in folders):  # folders named by label: 0/, 1/, ..., 10/
+            y = np.array([int(folders[i]) for i in y], dtype=np.int64)
+        elif len(folders) > card.num_classes:
+            raise LabelledDataError(f"{path.name}: {len(folders)} class folders, but the model has "
+                                    f"{card.num_classes} classes")
+    nchw = np.ascontiguousarray(images.x.transpose(0, 3, 1, 2))
+    return to_model_input(nchw, card, path.name), _labels(y, images.x.shape[0], card, path.name)
+
+
+# --- model files: safetensors, ONNX, INT8 ONNX ---------------------------------------------------
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model file ready to predict: ``logits(x)`` takes normalised float32 N x C x H x W."""
+
+    path: Path
+    format: str  # "safetensors" | "onnx" | "onnx-int8" | "weights" (weights with a separate card)
+    card: ModelCard
+    logits: Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def load_for_evaluation(path: str | os.PathLike[str], card: ModelCard | None = None) -> LoadedModel:
+    """A model to evaluate. ``card`` None: a file dfmscd wrote (safetensors, ``.onnx``, ``.int8.onnx``,
+    the card in its metadata; ``CardError`` for an ONNX file without one); with ``card``: a weights
+    file (safetensors or weights-only ``.pt``), e.g. a teacher."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        if card is not None:
+            raise CardError(f"{path.name}: an ONNX file written by dfmscd carries its own model card; drop --card")
+        from dfmscd.io.onnx_files import (
+            QUANTIZATION_KEY, card_from_onnx_metadata, onnx_model_bytes, ort_session, run_session,
+        )
+
+        data, metadata = onnx_model_bytes(path)
+        onnx_card = card_from_onnx_metadata(metadata, path.name)
+        session = ort_session(data)
+
+        def onnx_logits(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+            return torch.from_numpy(run_session(session, x.numpy(), batch_size))
+
+        fmt = "onnx-int8" if QUANTIZATION_KEY in metadata else "onnx"
+        return LoadedModel(path, fmt, onnx_card, onnx_logits)
+    if card is not None:
+        from dfmscd.io import build_model, load_state_dict, validate_card
+
+        card = validate_card(card)
+        module, fmt = build_model(card, load_state_dict(path)), "weights"
+    else:
+        from dfmscd.io import load_model
+
+        module, card = load_model(path)
+        fmt = "safetensors"
+    return LoadedModel(path, fmt, card, lambda x, batch_size: predict(module, x, batch_size))
+
+
+def _accuracy(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    logits = model.logits(x, batch_size)
+    if logits.ndim != 2 or logits.shape[0] != x.shape[0] or logits.shape[1] != model.card.num_classes:
+        raise LabelledDataError(f"{model.path.name}: outputs of shape {tuple(logits.shape)}, expected "
+                                f"({x.shape[0]}, {model.card.num_classes})")
+    return float((logits.argmax(dim=1) == y).sum().item()) / x.shape[0]
+
+
+def evaluate_file(model_path: str | os.PathLike[str], data_path: str | os.PathLike[str], card: ModelCard | None = None,
+                  batch_size: int = 256, limits: ArchiveLimits = EVALUATION_LIMITS) -> dict[str, Any]:
+    """What ``dfmscd evaluate MODEL DATA`` prints: ``{"model", "format", "architecture", "data", "n", "accuracy"}``."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    model = load_for_evaluation(model_path, card)
+    x, y = read_evaluation_set(data_path, model.card, limits)
+    return {"model": Path(model_path).name, "format": model.format, "architecture": model.card.architecture,
+            "data": Path(data_path).name, "n": int(x.shape[0]), "accuracy": _accuracy(model, x, y, batch_size)}
+
+
+def _data_key(card: ModelCard) -> tuple[Any, ...]:
+    return (tuple(card.input_shape), tuple(card.mean), tuple(card.std), card.num_classes,
+            tuple(card.class_names) if card.class_names else None)
+
+
+def evaluate_models(models: Mapping[str, str | os.PathLike[str]], data_path: str | os.PathLike[str], *,
+                    teacher: tuple[str | os.PathLike[str], ModelCard] | None = None, batch_size: int = 256,
+                    limits: ArchiveLimits = EVALUATION_LIMITS) -> dict[str, Any]:
+    """Accuracy of several model files dfmscd wrote (by label, e.g. ``"resnet8/onnx-int8"``) and,
+    for comparison, of the teacher (``(weights path, card)``) on one evaluation set, read once per
+    distinct card: ``{"data": {"file", "n"}, "models": {label: {"format", "architecture", "n",
+    "accuracy"}}, "teacher": {...} | None}``. For reporting only: nothing is trained on the data."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    loaded = {label: load_for_evaluation(path) for label, path in models.items()}
+    teacher_model = load_for_evaluation(teacher[0], teacher[1]) if teacher is not None else None
+    sets: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def score(model: LoadedModel) -> dict[str, Any]:
+        key = _data_key(model.card)
+        if key not in sets:
+            sets[key] = read_evaluation_set(data_path, model.card, limits)
+        x, y = sets[key]
+        return {"file": model.path.name, "format": model.format, "architecture": model.card.architecture,
+                "n": int(x.shape[0]), "accuracy": _accuracy(model, x, y, batch_size)}
+
+    results = {label: score(model) for label, model in loaded.items()}
+    teacher_result = score(teacher_model) if teacher_model is not None else None
+    n = next(iter(results.values()))["n"] if results else (teacher_result or {}).get("n")
+    return {"data": {"file": Path(data_path).name, "n": n}, "models": results, "teacher": teacher_result}
+
+
+__all__ = [
+    "EVALUATION_LIMITS", "EVALUATION_MAX_BYTES", "EVALUATION_MAX_IMAGES", "LabelledDataError", "LoadedModel", "evaluate",
+    "evaluate_file", "evaluate_model_file", "evaluate_models", "load_for_evaluation", "predict", "read_evaluation_set",
+    "read_labelled_npz", "to_model_input",
+]

@@ -18,10 +18,14 @@ MODEL_FORMATS: dict[str, ModelFormat] = {
         ModelFormat("safetensors", ".safetensors", "weights with the model card in the metadata (dfmscd, PyTorch)"),
         ModelFormat("onnx", ".onnx", "ONNX graph; mean/std and the card in its metadata_props"),
         ModelFormat("torchscript", ".torchscript.pt", "TorchScript archive (torch.jit.load)"),
+        ModelFormat("onnx-int8", ".int8.onnx",
+                    "INT8 ONNX (QDQ, static quantization calibrated on the run's synthetic images); card in metadata_props"),
     )
 }
 NATIVE_FORMAT = "safetensors"
 EXPORT_FORMATS: tuple[str, ...] = tuple(n for n in MODEL_FORMATS if n != NATIVE_FORMAT)
+# Made only at the end of a run: they need the run's calibration images (DistillResult.calibration).
+CALIBRATED_FORMATS: tuple[str, ...] = ("onnx-int8",)
 
 
 def file_name(student: str, fmt: str) -> str:

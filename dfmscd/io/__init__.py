@@ -17,12 +17,15 @@ _LAZY = {  # name -> module that defines it (imports torch)
     "validate_card": "build", "MAX_CHECKPOINT_BYTES": "checkpoint", "load_state_dict": "checkpoint",
     "export_as": "export", "export_onnx": "export", "export_torchscript": "export", "CARD_METADATA_KEY": "model_file",
     "load_model": "model_file", "read_model_card": "model_file", "save_model": "model_file",
+    "export_onnx_int8": "quantize", "Int8Settings": "quantize", "read_onnx_card": "onnx_files",
+    "verify_file": "verify", "Verification": "verify",
 }
 
 __all__ = [
-    "CARD_METADATA_KEY", "MAX_CHECKPOINT_BYTES", "ModelCard", "as_card", "build_model", "export_as", "export_onnx",
-    "export_torchscript", "has_batchnorm", "load_model", "load_state_dict", "load_teacher", "parse_card",
-    "read_card", "read_model_card", "save_model", "validate_card",
+    "CARD_METADATA_KEY", "Int8Settings", "MAX_CHECKPOINT_BYTES", "ModelCard", "Verification", "as_card", "build_model",
+    "export_as", "export_onnx", "export_onnx_int8", "export_torchscript", "has_batchnorm", "load_model",
+    "load_state_dict", "load_teacher", "parse_card", "read_card", "read_model_card", "read_onnx_card", "save_model",
+    "validate_card", "verify_file",
 ]
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dfmscd.errors import CheckpointError
+from dfmscd.errors import ExportError
 from dfmscd.formats import EXPORT_FORMATS
 from dfmscd.atomic import atomic_path
 from dfmscd.io.card import ModelCard
 
 ONNX_OPSET = 17
+TORCHSCRIPT_CARD_FILE = "dfmscd_card.json"
 
 
 def _example(card: ModelCard, batch: int = 2) -> torch.Tensor:
@@ -41,7 +42,7 @@ def export_onnx(module: nn.Module, card: ModelCard, path: str | os.PathLike[str]
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
         except Exception as exc:  # noqa: BLE001 - exporter failures become one line
-            raise CheckpointError(f"ONNX export of {card.architecture!r} failed: {str(exc).splitlines()[0]}") from None
+            raise ExportError(f"onnx export of {card.architecture!r} failed: {str(exc).splitlines()[0]}") from None
         _add_onnx_metadata(tmp, card)
     return path
 
@@ -75,21 +76,32 @@ def _add_onnx_metadata(path: Path, card: ModelCard) -> None:
 
 
 def export_torchscript(module: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> Path:
-    """Traced TorchScript at the card's input size (the batch size stays free)."""
+    """Traced TorchScript at the card's input size (the batch size stays free); the card is inside the
+    archive as the extra file ``dfmscd_card.json`` (``torch.jit.load(path, _extra_files=...)``)."""
     model = _frozen_copy(module)
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             traced = torch.jit.trace(model, _example(card), check_trace=False)
-            traced.save(str(tmp))
+            traced.save(str(tmp), _extra_files={TORCHSCRIPT_CARD_FILE: card.to_json()})
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"TorchScript export of {card.architecture!r} failed: {str(exc).splitlines()[0]}") from None
+            raise ExportError(f"torchscript export of {card.architecture!r} failed: {str(exc).splitlines()[0]}") from None
     return path
 
 
-def export_as(fmt: str, module: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> Path:
-    """Export to one of ``dfmscd.formats.EXPORT_FORMATS`` (``onnx``, ``torchscript``)."""
+def export_as(fmt: str, module: nn.Module, card: ModelCard, path: str | os.PathLike[str],
+              calibration: torch.Tensor | None = None) -> Path:
+    """Export to one of ``dfmscd.formats.EXPORT_FORMATS`` (``onnx``, ``torchscript``, ``onnx-int8``).
+    ``onnx-int8`` needs ``calibration`` (uint8 N x C x H x W, e.g. ``DistillResult.calibration``);
+    without it, ``ExportError``. Unverified: ``dfmscd.deploy.export_verified`` checks the file too."""
+    if fmt == "onnx-int8":
+        from dfmscd.io.quantize import export_onnx_int8
+
+        if calibration is None or len(calibration) == 0:
+            raise ExportError(f"onnx-int8 export of {card.architecture!r} needs the run's calibration images; "
+                              "INT8 files are made when a run ends")
+        return export_onnx_int8(module, card, path, calibration)
     exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
     if fmt not in exporters:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")

@@ -166,21 +166,31 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def write_outputs(result: Any, out: Path, teacher_card: Any, exports: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-    """Students (+exports), samples.png and report.json; returns the files written (names
-    relative to ``out``, so the folder can be moved or served as is)."""
-    from dfmscd.outputs import run_outputs  # deferred on purpose: loads torch
+def write_outputs(result: Any, out: Path, teacher_card: Any, exports: list[str], extra: dict[str, Any],
+                  teacher: Any = None, latency_repeats: int = 5) -> dict[str, Any]:
+    """Students (+exports, each verified), samples.png, student_report.json and report.json;
+    returns the files written (names relative to ``out``, so the folder can be moved or served as is)."""
+    from dfmscd.outputs import STUDENT_REPORT_NAME, run_outputs, run_student_report  # deferred on purpose: loads torch
     from dfmscd.report import write_json_atomic
+    from dfmscd.student_report import LatencySettings
 
     files: dict[str, Any] = {"students": {}, "exports": {}}
+    exported: dict[str, dict[str, Any]] = {}
     for output in run_outputs(result, teacher_card, exports):
-        output.write(out / output.name)
+        written = output.write(out / output.name)
+        if output.kind in ("student", "export"):
+            exported.setdefault(output.student, {})[output.fmt] = written
+            if written.flagged:
+                _log(f"warning: {written.verification.message}")
         if output.kind == "student":
             files["students"][output.student] = output.name
         elif output.kind == "export":
             files["exports"].setdefault(output.student, {})[output.fmt] = output.name
         else:
             files["samples"] = output.name
+    latency = LatencySettings(repeats=latency_repeats) if latency_repeats > 0 else None
+    write_json_atomic(out / STUDENT_REPORT_NAME, run_student_report(result, exported, teacher, latency))
+    files["student_report"] = STUDENT_REPORT_NAME
     files["report"] = REPORT_NAME
     files["checkpoint"] = CHECKPOINT_NAME if (out / CHECKPOINT_NAME).exists() else None
     report = {**result.report, "status": result.status, **extra, "files": files}
@@ -195,7 +205,7 @@ def _summary(result: Any, out: Path, files: dict[str, Any], wall: float) -> None
         metrics = per_student.get(name, {}) if isinstance(per_student, dict) else {}
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in _scalars(metrics) if "." not in k)
         print(f"  {name}: {out / path} {shown}".rstrip())
-    for key in ("samples", "report"):
+    for key in ("samples", "student_report", "report"):
         if files.get(key):
             print(f"  {key}: {out / files[key]}")
 
@@ -248,7 +258,8 @@ def run_distill(args: argparse.Namespace) -> int:
         printer.close()
     extra = {"cli": {"teacher": str(args.teacher), "card": str(args.card), "preset": args.preset,
                      "budget": args.budget, "resume_requested": bool(args.resume), "exports": args.export}}
-    files = write_outputs(result, out, card, args.export, extra)
+    files = write_outputs(result, out, card, args.export, extra, teacher=teacher,
+                          latency_repeats=getattr(args, "latency_repeats", 5))
     _summary(result, out, files, time.monotonic() - started)
     return EXIT_OK if result.status == "completed" else EXIT_INTERRUPTED
 

@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, help="random seed (default: the config's)")
     d.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config field, e.g. --set lr_s=0.1; repeatable")
-    d.add_argument("--export", type=export_list, default=[], metavar="FORMATS", help="also export students: onnx,torchscript")
+    d.add_argument("--export", type=export_list, default=[], metavar="FORMATS",
+                   help="also export students, each file verified: onnx,torchscript,onnx-int8 (INT8 calibrated on the run's images)")
+    d.add_argument("--latency-repeats", type=int, default=5, metavar="N",
+                   help="timed runs per format and batch size for student_report.json's CPU latency (0: no latency)")
     d.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     d.add_argument("--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=_cmd_distill)
@@ -61,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--image-size", type=int, default=32)
     a.set_defaults(func=_cmd_architectures)
 
-    e = sub.add_parser("evaluate", help="accuracy of a model file on a labelled .npz")
+    e = sub.add_parser("evaluate", help="accuracy of a model file on labelled images (.npz or class-folder archive)")
     e.add_argument("model", type=existing_file,
-                   help="a .safetensors written by dfmscd (card embedded), or any weights file with --card (e.g. a teacher)")
-    e.add_argument("data", type=existing_file, help=".npz with 'x' (images) and 'y' (integer labels)")
+                   help="a .safetensors, .onnx or .int8.onnx written by dfmscd (card embedded), or any weights file with --card (e.g. a teacher)")
+    e.add_argument("data", type=existing_file,
+                   help=".npz with 'x' (images) and 'y' (integer labels), or a .tar/.tar.gz/.zip of CLASS/IMAGE.png folders")
     e.add_argument("--card", type=existing_file, help="model card JSON for weights without an embedded card (a teacher)")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--json", action="store_true", help="print a JSON object instead of a sentence")
@@ -130,25 +134,22 @@ def _cmd_architectures(args: argparse.Namespace) -> int:
 # --- evaluate ------------------------------------------------------------------------------
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dfmscd.evaluate import evaluate, read_labelled_npz
-    from dfmscd.io import load_model
+    from dfmscd.evaluate import evaluate_file
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
+    card = None
     if args.card is not None:  # a teacher (or any weights-only file): the card comes separately
-        from dfmscd.io import build_model, load_state_dict, read_card, validate_card
+        from dfmscd.io import read_card
 
-        card = validate_card(read_card(args.card))
-        module = build_model(card, load_state_dict(args.model))
-    else:
-        module, card = load_model(args.model)
-    x, y = read_labelled_npz(args.data, card)
-    accuracy = float(evaluate(module, card, x, y, batch_size=args.batch_size))
+        card = read_card(args.card)
+    result = evaluate_file(args.model, args.data, card=card, batch_size=args.batch_size)
+    accuracy, n = float(result["accuracy"]), int(result["n"])
     if args.json:
-        print(json.dumps({"model": str(args.model), "data": str(args.data), "architecture": card.architecture,
-                          "samples": int(len(y)), "accuracy": accuracy}))
+        print(json.dumps({"model": str(args.model), "data": str(args.data), "format": result["format"],
+                          "architecture": result["architecture"], "samples": n, "accuracy": accuracy}))
     else:
-        print(f"accuracy {accuracy:.4f} ({accuracy * 100:.2f}%) on {len(y)} samples [{card.architecture}]")
+        print(f"accuracy {accuracy:.4f} ({accuracy * 100:.2f}%) on {n} samples [{result['architecture']}, {result['format']}]")
     return EXIT_OK
 
 

@@ -21,11 +21,11 @@ from dfmscd.client.errors import (
     DfmscdConnectionError,
     WaitTimeoutError,
 )
-from dfmscd.client.models import Architecture, Download, ErrorInfo, Event, Job, Student, Teacher
+from dfmscd.client.models import Advice, Architecture, Download, ErrorInfo, Event, Job, Student, Teacher
 from dfmscd.client.transport import RetryPolicy
 
 __all__ = [
-    "Architecture", "ChecksumMismatchError", "Client", "DfmscdAPIError", "DfmscdClientError", "DfmscdConnectionError",
+    "Advice", "Architecture", "ChecksumMismatchError", "Client", "DfmscdAPIError", "DfmscdClientError", "DfmscdConnectionError",
     "Download", "ErrorInfo", "Event", "Job", "RetryPolicy", "Student", "Teacher", "WaitTimeoutError", "budget_body",
     "card_text", "errors", "student_body",
 ]

@@ -7,7 +7,7 @@ newer server) is still readable as an attribute (``job.some_new_field``) or ``jo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -34,9 +34,12 @@ class ApiObject:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        listed = {f.name for f in fields(cls) if f.default_factory is not MISSING}
         known = {f.name for f in fields(cls)} - {"raw"}
         kwargs: dict[str, Any] = {}
         for name in known:
+            if name in listed and data.get(name) is None:
+                continue  # absent (an older server): the field's empty default, not None
             value = data.get(name)
             if name in cls._datetimes:
                 value = _dt(value)
@@ -91,10 +94,43 @@ class Student(ApiObject):
     sha256: str | None = None
     size_bytes: int | None = None
     weights_url: str | None = None
+    # Why this student's result is doubtful (held-out agreement with the teacher below 0.5, and the
+    # likely cause), once the job has ended; None when it is not.
+    flag: str | None = None
     # Present on GET /v1/jobs/{id}/students/{name} only.
     job_id: str | None = None
     card: dict[str, Any] | None = None
     formats: list[str] | None = None
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flag)
+
+
+@dataclass(frozen=True)
+class Advice(ApiObject):
+    """What a job's seconds budget buys. ``basis``: "history" (costs earlier runs measured on this
+    kind of device, at creation), "run" (the run's own measurement when it started) or
+    "unmeasured" (``missing`` names what no device has measured yet; ``message`` says so)."""
+
+    basis: str = ""
+    message: str = ""
+    source: str | None = None
+    device: str | None = None
+    measured_at: datetime | None = None
+    below_floor: bool = False
+    epochs: int | None = None
+    warmup_epochs: int | None = None
+    kd_steps_per_epoch: int | None = None
+    kd_updates: dict[str, int] | None = None
+    min_kd_updates: int | None = None
+    min_budget_s: float | None = None
+    missing: list[str] | None = None
+    _datetimes: ClassVar[tuple[str, ...]] = ("measured_at",)
+
+    @property
+    def measured(self) -> bool:
+        return self.basis in ("history", "run")
 
 
 @dataclass(frozen=True)
@@ -119,13 +155,22 @@ class Job(ApiObject):
     updated_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Advice, never errors: at creation, when the run starts (its budget below what the students
+    # need) and when it ends (flagged students, classes that never reached the pool).
+    warnings: list[str] = field(default_factory=list)
+    advice: Advice | None = None  # seconds budgets only
     _datetimes: ClassVar[tuple[str, ...]] = ("created_at", "updated_at", "started_at", "finished_at")
-    _nested: ClassVar[dict[str, Any]] = {"students": Student, "error": ErrorInfo}
+    _nested: ClassVar[dict[str, Any]] = {"students": Student, "error": ErrorInfo, "advice": Advice}
 
     @property
     def done(self) -> bool:
         """True once the job can change no more (succeeded, failed or cancelled)."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def flags(self) -> dict[str, str]:
+        """The flagged students' messages, by name."""
+        return {s.name: s.flag for s in self.students if s.flag}
 
     def student(self, name: str) -> Student:
         for s in self.students:
@@ -175,5 +220,5 @@ class Download:
         return f"<Download {os.fspath(self.path)!r} {self.size_bytes:,} bytes, sha256 {self.sha256[:12]}...>"
 
 
-__all__ = ["ApiObject", "Architecture", "Download", "ErrorInfo", "Event", "Job", "Student", "Teacher",
+__all__ = ["Advice", "ApiObject", "Architecture", "Download", "ErrorInfo", "Event", "Job", "Student", "Teacher",
            "TERMINAL_STATUSES"]

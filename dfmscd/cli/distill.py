@@ -99,6 +99,13 @@ class ProgressPrinter:
             self.bar = tqdm(total=1000, unit="‰", file=sys.stderr, dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
         self._last_plain = time.monotonic()
+        self._logged: set[str] = set()  # log messages shown, so the sizing event's message shows once
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(f"{PROG}: {line}", file=sys.stderr)
+        else:
+            _log(line)
 
     def __call__(self, event: Any) -> None:
         if self.quiet:
@@ -106,6 +113,13 @@ class ProgressPrinter:
         kind, data = getattr(event, "kind", ""), getattr(event, "data", {}) or {}
         progress = float(getattr(event, "progress", 0.0) or 0.0)
         epoch = getattr(event, "epoch", 0)
+        if kind == "log":
+            self._logged.add(str(data.get("message", "")))
+        if kind == "sizing":  # what the seconds budget buys on this device, measured at the start
+            message = str(data.get("message") or "")
+            if message and message not in self._logged:
+                self._write(message)
+            return
         if self.bar is not None:
             self.bar.n = max(self.bar.n, min(1000, int(progress * 1000)))
             self.bar.set_description(f"epoch {epoch}", refresh=False)
@@ -261,6 +275,10 @@ def run_distill(args: argparse.Namespace) -> int:
     files = write_outputs(result, out, card, args.export, extra, teacher=teacher,
                           latency_repeats=getattr(args, "latency_repeats", 5))
     _summary(result, out, files, time.monotonic() - started)
+    # Nothing fails silently: a budget below what the students need, students that barely agree
+    # with the teacher, classes that never reached the pool (also in report.json's "warnings").
+    for warning in (result.report or {}).get("warnings") or []:
+        _log(f"warning: {warning}")
     return EXIT_OK if result.status == "completed" else EXIT_INTERRUPTED
 
 

@@ -22,7 +22,8 @@ from dfmscd.cli.options import (
     EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, PROG, Parser, existing_file, fail, parse_set_option, parse_student_option,
 )
 from dfmscd.cli.remote_view import (
-    JOB_HEADER, TEACHER_HEADER, event_line, job_row, job_summary, table, teacher_row, teacher_summary,
+    JOB_HEADER, TEACHER_HEADER, advice_line, event_line, flag_lines, job_row, job_summary, table, teacher_row,
+    teacher_summary, warning_lines,
 )
 from dfmscd.errors import ConfigError
 from dfmscd.formats import MODEL_FORMATS, NATIVE_FORMAT, file_name
@@ -100,6 +101,24 @@ def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> int:
 def _warn_all(obj: Any) -> None:
     for w in obj.raw.get("warnings") or []:
         _note(f"warning: {w}")
+
+
+def _tell(job: "Job", shown: set[str]) -> set[str]:
+    """On stderr: the budget advice, the job's warnings and its flagged students, each once
+    (``shown`` holds what was already told; returned with what this call added)."""
+    raw = job.raw
+    advice = raw.get("advice") if isinstance(raw.get("advice"), dict) else {}
+    message = advice.get("message")
+    line = advice_line(raw)
+    if line and message not in shown:
+        _note(("warning: " if advice.get("below_floor") else "") + line)
+    told = shown | ({message} if message else set())
+    for w in warning_lines(raw, told):
+        _note(w)
+    for f in flag_lines(raw):
+        if f not in told:
+            _note(f)
+    return told | set(raw.get("warnings") or []) | set(flag_lines(raw))
 
 
 # --------------------------------------------------------------------------- parsers
@@ -224,11 +243,11 @@ def _jobs_create(args: argparse.Namespace, api: "Client") -> int:
         teacher_id = teacher.id
     job = api.create_job(teacher_id, students, preset=args.preset, budget=args.budget,
                          hyperparameters=hyperparameters, seed=args.seed)
-    _warn_all(job)
+    shown = _tell(job, set())
     code = EXIT_OK
     if args.wait or args.download is not None:
         _note(f"job {job.id} queued; waiting for it (Ctrl-C stops waiting, not the job)")
-        job, code = _follow(api, job.id, sys.stderr, as_json=False)
+        job, code = _follow(api, job.id, sys.stderr, as_json=False, shown=shown)
         if args.download is not None:
             if job.status == "succeeded":
                 _download_all(api, job, args.download)
@@ -278,8 +297,10 @@ def _jobs_watch(args: argparse.Namespace, api: "Client") -> int:
     return code
 
 
-def _follow(api: "Client", job_id: str, out: TextIO, *, as_json: bool) -> "tuple[Job, int]":
-    """Show the job's events (all of them so far, then live) until it ends; (the job, exit code)."""
+def _follow(api: "Client", job_id: str, out: TextIO, *, as_json: bool,
+            shown: set[str] | None = None) -> "tuple[Job, int]":
+    """Show the job's events (all of them so far, then live) until it ends, then on stderr its advice,
+    warnings and flagged students (those not in ``shown``); (the job, exit code)."""
     try:
         for event in api.events(job_id):
             if as_json:
@@ -294,6 +315,7 @@ def _follow(api: "Client", job_id: str, out: TextIO, *, as_json: bool) -> "tuple
         _note(f"stopped watching; the job goes on ('dfmscd jobs cancel {job_id}' stops it)")
         raise SystemExit(EXIT_INTERRUPTED) from None
     job = api.get_job(job_id)
+    _tell(job, shown or set())
     if job.status == "succeeded":
         _note(f"job {job.id} succeeded")
         return job, EXIT_OK

@@ -71,6 +71,26 @@ def job_row(j: Mapping[str, Any]) -> list[str]:
 JOB_HEADER = ["id", "status", "progress", "preset", "budget", "students", "created"]
 
 
+def advice_line(j: Mapping[str, Any]) -> str | None:
+    """What the job's seconds budget buys, and where that figure comes from; None without advice."""
+    advice = j.get("advice")
+    if not isinstance(advice, Mapping) or not advice.get("message"):
+        return None
+    source = advice.get("source")
+    return f"advice{f' ({source})' if source else ''}: {advice['message']}"
+
+
+def flag_lines(j: Mapping[str, Any]) -> list[str]:
+    """One line per flagged student (its held-out agreement with the teacher is too low)."""
+    return [f"flagged: {s.get('flag')}" for s in j.get("students") or [] if s.get("flag")]
+
+
+def warning_lines(j: Mapping[str, Any], shown: Iterable[str] = ()) -> list[str]:
+    """The job's warnings not yet shown, student flags left to ``flag_lines``."""
+    skip = set(shown) | {s.get("flag") for s in j.get("students") or [] if s.get("flag")}
+    return [f"warning: {w}" for w in j.get("warnings") or [] if w not in skip]
+
+
 def job_summary(j: Mapping[str, Any]) -> str:
     eta = j.get("eta_seconds")
     lines = [f"id        {j.get('id')}",
@@ -84,8 +104,10 @@ def job_summary(j: Mapping[str, Any]) -> str:
     for s in j.get("students") or []:
         metrics = s.get("metrics") or {}
         lines.append(f"  {s.get('name'):<16} {s.get('architecture'):<20} {str(s.get('status')):<10} "
-                     f"loss {fmt_loss(metrics.get('loss'))}  params {s.get('parameters')}")
-    return "\n".join(lines)
+                     f"loss {fmt_loss(metrics.get('loss'))}  params {s.get('parameters')}"
+                     + ("  FLAGGED" if s.get("flag") else ""))
+    advice = advice_line(j)
+    return "\n".join(lines + ([advice] if advice else []) + warning_lines(j) + flag_lines(j))
 
 
 def event_line(event: Mapping[str, Any]) -> str | None:
@@ -108,8 +130,10 @@ def event_line(event: Mapping[str, Any]) -> str | None:
         return str(data.get("message", ""))
     if kind == "checkpoint":
         return None
+    if kind == "sizing":  # its message is logged just before it; the whole figure set is for --json
+        return None
     return f"{kind}: {json.dumps(data, sort_keys=True)}"
 
 
-__all__ = ["JOB_HEADER", "TEACHER_HEADER", "event_line", "fmt_budget", "fmt_loss", "fmt_seconds", "job_row",
-           "job_summary", "table", "teacher_row", "teacher_summary"]
+__all__ = ["JOB_HEADER", "TEACHER_HEADER", "advice_line", "event_line", "flag_lines", "fmt_budget", "fmt_loss",
+           "fmt_seconds", "job_row", "job_summary", "table", "teacher_row", "teacher_summary", "warning_lines"]

@@ -161,6 +161,33 @@ def test_watch_a_finished_job_replays_it_and_exits_0(env, waited: Waited) -> Non
     assert set(last_metrics["data"]["student_loss"]) == {"resnet8", "small"}
 
 
+def test_watch_ends_with_the_jobs_warnings_and_flagged_students_on_stderr(env, waited: Waited) -> None:
+    job = cli(env, "jobs", "get", waited.job_id, "--json").json()
+    run = cli(env, "jobs", "watch", waited.job_id)
+    assert run.code == 0, run.err
+    for student in job["students"]:  # flagged when its agreement with the teacher is below 0.5
+        assert (f"dfmscd: flagged: {student['flag']}" in run.err.splitlines()) == bool(student["flag"])
+    assert all(w in run.err for w in job["warnings"]) and not any(w in run.out for w in job["warnings"])
+    assert run.out.splitlines()[-1] == "job succeeded"
+
+
+def test_create_tells_a_seconds_budgets_advice_on_stderr_and_prints_the_id_alone(env, teacher_id: str,
+                                                                                   celery_worker) -> None:
+    # wrn_16_2: an architecture no job of this session has measured, so the advice says so.
+    made = cli(env, "jobs", "create", "--teacher", teacher_id, "--student", "wrn_16_2", "--preset", "balanced",
+               "--budget", "20s", "--set", "device=cpu")
+    assert made.code == 0, made.err
+    try:
+        assert made.out.strip() == made.last_line and made.last_line.startswith("job_")
+        [line] = [line for line in made.err.splitlines() if line.startswith("dfmscd: advice")]
+        assert line.startswith("dfmscd: advice: ") and "not yet measured for these architectures" in line
+        assert "wrn_16_2" in line
+        shown = cli(env, "jobs", "get", made.last_line)
+        assert line.removeprefix("dfmscd: ") in shown.out.splitlines()
+    finally:
+        cli(env, "jobs", "cancel", made.last_line)  # never leave the shared worker busy
+
+
 def test_get_and_list_jobs(env, waited: Waited, teacher_id: str) -> None:
     job = cli(env, "jobs", "get", waited.job_id, "--json").json()
     assert job["status"] == "succeeded" and job["budget"] == {"epochs": 1} and job["seed"] == 3

@@ -135,6 +135,30 @@ def test_distill_writes_students_report_and_samples(teacher_files, tmp_path, cap
     assert "status: completed" in capsys.readouterr().out
 
 
+def test_a_seconds_budget_tells_what_it_buys_and_ends_with_the_reports_warnings(teacher_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    # A floor no 3 s run reaches: the budget's advice is a warning, whatever the machine.
+    assert main(_distill_args(teacher_files, out, "3s", "--set", "min_kd_updates=1000000")) == 0
+    report = json.loads((out / "report.json").read_text())
+    err = capsys.readouterr().err.splitlines()
+    message = report["sizing"]["message"]
+    assert message.startswith("on cpu") and err.count(f"dfmscd: {message}") == 1  # as it was measured, once
+    warnings = [f"dfmscd: warning: {w}" for w in report["warnings"]]
+    assert message in report["warnings"] and err[-len(warnings):] == warnings  # the report's warnings come last
+
+
+def test_the_sizing_message_shows_once_whether_or_not_it_was_logged(capsys):
+    from dfmscd.cli.distill import ProgressPrinter
+    from dfmscd.engine import Event
+
+    printer = ProgressPrinter(interactive=False)
+    printer(Event("log", 0, 0.0, {"message": "on cpu this budget buys about 3 epochs"}))
+    printer(Event("sizing", 0, 0.0, {"message": "on cpu this budget buys about 3 epochs", "measured_ms": {}}))
+    printer(Event("sizing", 0, 0.0, {"message": "on cpu this budget buys about 9 epochs", "measured_ms": {}}))
+    assert capsys.readouterr().err.splitlines() == ["dfmscd: on cpu this budget buys about 3 epochs",
+                                                    "dfmscd: on cpu this budget buys about 9 epochs"]
+
+
 def test_ctrl_c_saves_partial_students_and_resume_finishes_the_run(teacher_files, tmp_path):
     out = tmp_path / "run"
     args = _distill_args(teacher_files, out, "8e", "--set", "checkpoint_every=1")

@@ -5,7 +5,8 @@ dfmscd, an ``.onnx`` or ``.int8.onnx`` file written by dfmscd (the card is in it
 weights with a separate card (a teacher). Evaluation data is only for reporting: nothing here
 trains or calibrates anything on it.
 
-Archive labels follow the card's ``class_names`` when it has them (each folder must be one of
+An archive with a top-level ``test/`` folder is read from it (``test/CLASS/IMAGE``), any other
+from its root. Archive labels follow the card's ``class_names`` when it has them (each folder must be one of
 them); otherwise folders named by integers are those labels, and any other names are taken in
 sorted order. Images must have the card's height and width (no resizing); grey images are
 repeated to three channels and colour ones turned grey as the card asks.
@@ -32,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from dfmscd.errors import CardError, DfmscdError
-from dfmscd.image_archive import ArchiveLimits, is_archive, read_class_folders
+from dfmscd.image_archive import ArchiveLimits, has_top_folder, is_archive, read_class_folders
 from dfmscd.io.card import ModelCard
 
 MAX_NPZ_BYTES = 2 * 1024**3  # declared uncompressed size of x and y together
@@ -40,6 +41,7 @@ MAX_NPZ_BYTES = 2 * 1024**3  # declared uncompressed size of x and y together
 # (the .npz's declared arrays, or the archive's members), 100,000 images.
 EVALUATION_MAX_BYTES = 200 * 10**6
 EVALUATION_MAX_IMAGES = 100_000
+EVALUATION_SUBSET = "test"  # an archive with a top-level test/ folder is read from there (test/CLASS/IMAGE)
 EVALUATION_LIMITS = ArchiveLimits(max_images=EVALUATION_MAX_IMAGES, max_total_bytes=EVALUATION_MAX_BYTES)
 _FLOAT_SLACK = 1e-3
 
@@ -174,7 +176,8 @@ def read_evaluation_set(path: str | os.PathLike[str], card: ModelCard,
 
 def _read_archive(path: Path, card: ModelCard, limits: ArchiveLimits) -> tuple[torch.Tensor, torch.Tensor]:
     c, h, w = card.input_shape
-    images = read_class_folders(path, class_names=card.class_names, channels=c, limits=limits)
+    subset = EVALUATION_SUBSET if has_top_folder(path, EVALUATION_SUBSET, limits) else None
+    images = read_class_folders(path, subset=subset, class_names=card.class_names, channels=c, limits=limits)
     got_h, got_w = images.x.shape[1:3]
     if (got_h, got_w) != (h, w):
         raise LabelledDataError(f"{path.name}: images are {got_w}x{got_h} pixels; the model card expects "

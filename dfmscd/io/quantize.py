@@ -160,10 +160,9 @@ def export_onnx_int8(module: nn.Module, card: ModelCard, path: str | os.PathLike
         int8_path = Path(tmp) / "int8.onnx"
         try:
             export_onnx(module, card, float_path)
-        except ExportError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the float export's own error, renamed for this format
-            raise ExportError(f"{label} failed: {exc}") from None
+        except ExportError as exc:  # the float export's own reason, under this format's name
+            reason = str(exc).removeprefix(f"onnx export of {card.architecture!r} failed: ")
+            raise ExportError(f"{label} failed: {reason}") from None
         try:
             quantize_onnx_file(float_path, int8_path, x, settings)
             model = onnx.load(str(int8_path))

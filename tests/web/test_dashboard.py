@@ -216,6 +216,53 @@ def test_a_running_job_shows_live_progress_and_is_cancelled_from_its_page(dashbo
     assert dash.console_errors() == []
 
 
+def test_a_jobs_budget_advice_warnings_and_flagged_student_are_on_its_page(dashboard, keys, client, teacher_file):
+    # The end state a worker leaves after a seconds budget too short for the students (the run's
+    # advice below the floor, a student flagged, classes never learnt), written as it writes them.
+    from sqlalchemy import update
+    from service_kit import wait_for
+
+    from dfmscd_service.core.db import session_scope
+    from dfmscd_service.core.measured_costs import advice_view
+    from dfmscd_service.core.models import Job, JobStudent, utcnow
+
+    dash = dashboard
+    auth = {"Authorization": f"Bearer {keys['a']}"}
+    teachers = client.get("/v1/teachers", headers=auth).json()["data"]
+    teacher_id = teachers[0]["id"] if teachers else upload_teacher(client, auth, teacher_file).json()["id"]
+    body = job_body(teacher_id, students=[{"architecture": "resnet8", "name": "small"},
+                                          {"architecture": "resnet8", "name": "peer"}], budget="20s")
+    job_id = client.post("/v1/jobs", headers=auth, json=body).json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+    wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=auth).json()["status"] == "cancelled", 120,
+             what="the job to be cancelled")
+    device = "cpu (Test CPU, 1 threads)"
+    short = (f"on {device} this budget buys about 2 epochs (1 of warm-up), 20 KD steps per epoch, and KD updates per "
+             "student: small 40, peer 40; below the 1000 updates per student the defaults need: give at least 9 min")
+    flag = ("student 'peer' agrees with the teacher on only 12% of held-out synthetic images; too few KD updates "
+            "(40, the defaults need 1000): give a larger budget")
+    missing = "3 of 10 classes never reached the pool (by the teacher's argmax): 2, 5, 7; give a larger budget"
+    advice = advice_view({"epochs": 2, "kd_updates": {"small": 40, "peer": 40}, "below_floor": True},
+                         basis="run", device=device, measured_at=utcnow(), message=short)
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(advice=advice, warnings=[short, flag, missing],
+                                                             updated_at=utcnow()))
+        s.execute(update(JobStudent).where(JobStudent.job_id == job_id, JobStudent.name == "peer")
+                  .values(metrics={"teacher_agreement": 0.12, "kd_updates": 40, "flag": flag}))
+
+    dash.sign_in(keys["a"])
+    dash.go(f"#/jobs/{job_id}")
+    box = dash.visible("#job-advice[data-below-floor='true']")
+    assert short in box.text and f"measured at the start of this run on {device}" in box.text
+    shown = [li.text for li in dash.all("#job-warnings li")]
+    assert shown == [flag, missing]  # the advice's own line is not repeated
+    peer = dash.css("tr[data-student='peer']")
+    assert peer.find_element("css selector", ".badge.flag").is_displayed() and flag in peer.text
+    assert dash.all("tr[data-student='small'] .badge.flag") == []
+    dash.shoot("job-advice")
+    assert dash.console_errors() == []
+
+
 def test_another_tenant_sees_not_found_for_someone_elses_job(dashboard, keys, client, teacher_file):
     dash = dashboard
     auth_a = {"Authorization": f"Bearer {keys['a']}"}

@@ -11,6 +11,23 @@ const MAX_LOG = 200;
 
 const fact = (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, value));
 
+// What the seconds budget buys (from earlier runs' costs at creation, the run's own once it starts),
+// and every warning of the job: a short budget, low-agreement students, classes never learnt.
+function adviceAndWarnings(job) {
+  const advice = job.advice;
+  const adviceBox = advice && advice.message
+    ? h("div", {class: `advice-box${advice.below_floor ? " below-floor" : ""}`, id: "job-advice",
+                dataset: {basis: advice.basis, belowFloor: advice.below_floor ? "true" : "false"}},
+        h("strong", {}, "Budget: "), advice.message,
+        advice.source ? h("div", {class: "small muted"}, advice.source) : null)
+    : null;
+  const warnings = (job.warnings || []).filter((w) => !(advice && advice.below_floor && w === advice.message));
+  const warningList = warnings.length
+    ? h("ul", {class: "warning-box", id: "job-warnings", role: "status"}, warnings.map((w) => h("li", {}, w)))
+    : null;
+  return [adviceBox, warningList];
+}
+
 function summary(job, live) {
   const budget = Object.entries(job.budget || {}).map(([k, v]) => `${v} ${k}`).join(", ") || "preset default";
   const fraction = live.progress ?? job.progress;
@@ -26,6 +43,7 @@ function summary(job, live) {
       fact("Teacher", h("code", {}, job.teacher_id || "deleted")),
       fact("Created", formatTime(job.created_at)),
       fact("Finished", formatTime(job.finished_at))),
+    ...adviceAndWarnings(job),
     job.error ? errorBox(`${job.error.message} (${job.error.code})`) : null);
 }
 
@@ -34,8 +52,11 @@ function studentsTable(job, onDownload) {
   const rows = job.students.map((s) => {
     const r = report[s.name] || {};
     const ready = !!s.weights_url;
-    return h("tr", {dataset: {student: s.name}},
-      h("td", {"data-label": "Student"}, h("strong", {}, s.name), s.partial ? h("span", {class: "badge"}, "partial") : null),
+    const flag = s.flag || r.flag;
+    return h("tr", {dataset: {student: s.name}, class: flag ? "flagged" : null},
+      h("td", {"data-label": "Student"}, h("strong", {}, s.name), s.partial ? h("span", {class: "badge"}, "partial") : null,
+        flag ? h("span", {class: "badge flag", title: flag, dataset: {flag: "true"}}, "flagged") : null,
+        flag ? h("div", {class: "small flag-text"}, flag) : null),
       h("td", {"data-label": "Architecture"}, s.architecture),
       h("td", {"data-label": "Status"}, statusBadge(s.status)),
       h("td", {"data-label": "Parameters"}, formatCount(s.parameters ?? r.params)),

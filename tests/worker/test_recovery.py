@@ -74,3 +74,42 @@ def test_killed_worker_job_resumes_from_checkpoint_and_succeeds(client, auth, te
     (tmp_path / "r.safetensors").write_bytes(data)
     module, _ = load_model(tmp_path / "r.safetensors")
     assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_a_seconds_budget_job_resumes_with_the_config_its_first_start_derived(client, auth, teacher, queues,
+                                                                               pause_point, tmp_path):
+    # The first start measures its costs, sizes the run and writes the effective config onto the
+    # job; the resumed attempt reads that config and must match the checkpoint (derived fields are
+    # not part of its fingerprint) and take the same sizing, without measuring again.
+    env_a, env_b = queues
+    first = WorkerProcess(env_a, tmp_path / "first.log").launch()
+    rescuer = WorkerProcess(env_b, tmp_path / "rescuer.log").launch()
+    try:
+        first.wait_ready()
+        rescuer.wait_ready()
+        body = job_body(teacher["id"], preset="balanced", budget="30s",
+                        hyperparameters={"device": "cpu", "checkpoint_every": 1}, metadata=pause_point.metadata(1))
+        jid = client.post("/v1/jobs", headers=auth, json=body).json()["id"]
+        try:
+            pause_point.wait_paused(jid, lambda: client.get(f"/v1/jobs/{jid}", headers=auth).json()["status"])
+            held = client.get(f"/v1/jobs/{jid}", headers=auth).json()
+            assert held["advice"]["basis"] == "run"
+        finally:
+            first.kill_all()
+
+        def finished():
+            j = client.get(f"/v1/jobs/{jid}", headers=auth).json()
+            return j if j["status"] in TERMINAL else None
+
+        job = wait_for(finished, 600, 0.25, what="the resumed job to finish")
+    finally:
+        first.stop()
+        rescuer.stop()
+    assert job["status"] == "succeeded", (job["error"], rescuer.log())
+    assert job["attempts"] == 2 and job["report"]["resumed_from_epoch"] == 1
+    events = client.get(f"/v1/jobs/{jid}/events?limit=1000", headers=auth).json()["data"]
+    [sizing] = [e["data"] for e in events if e["kind"] == "sizing"]  # measured once, at the first start
+    assert held["config"] == job["config"] == sizing["config"]
+    assert job["report"]["config"]["kd_steps"] == sizing["config"]["kd_steps"]
+    assert job["report"]["sizing"]["budget_values"] == sizing["budget_values"]
+    assert job["advice"]["message"] == sizing["message"]

@@ -87,3 +87,41 @@ def test_advice_is_unmeasured_then_measured_and_a_short_budget_is_a_warning(clie
     same = ("message", "epochs", "kd_steps_per_epoch", "kd_updates", "below_floor")
     assert {k: again[k] for k in same} == {k: advice[k] for k in same}
     assert abs(again["min_budget_s"] - advice["min_budget_s"]) < 1e-6 * advice["min_budget_s"]
+
+
+def test_figures_are_upserted_and_the_newest_complete_device_is_chosen_on_sqlite(tmp_path):
+    # The embedded set-up's database (the service fixtures run PostgreSQL; the same statements here).
+    from sqlalchemy import create_engine, func, select
+    from sqlalchemy.orm import Session
+
+    from dfmscd_service.core.measured_costs import Figure, latest_figures
+    from dfmscd_service.core.migrate import upgrade_head
+    from dfmscd_service.core.models import MeasuredCost
+
+    url = f"sqlite:///{tmp_path / 'costs.sqlite'}"
+    upgrade_head(url)
+    engine = create_engine(url)
+    wanted = [("kd", "resnet8"), ("teacher_forward", "resnet20")]
+    now = utcnow()
+    try:
+        with Session(engine) as s:
+            record_figures(s, "cpu (old, 1 threads)", (1, 8, 8), [Figure("kd", "resnet8", 64, 9.0),
+                                                                  Figure("teacher_forward", "resnet20", 64, 3.0)], at=now)
+            record_figures(s, "cpu (new, 2 threads)", (1, 8, 8), [Figure("kd", "resnet8", 64, 5.0)],
+                           at=now + timedelta(seconds=1))
+            s.commit()
+            found = latest_figures(s, "cpu", (1, 8, 8), wanted)
+            assert found.device == "cpu (old, 1 threads)" and found.missing == []  # the only complete one
+            record_figures(s, "cpu (new, 2 threads)", (1, 8, 8), [Figure("teacher_forward", "resnet20", 128, 4.0),
+                                                                  Figure("kd", "resnet8", 128, 8.0)],
+                           at=now + timedelta(seconds=2))
+            s.commit()
+            found = latest_figures(s, "cpu", (1, 8, 8), wanted)
+            assert found.device == "cpu (new, 2 threads)" and found.measured_at == now + timedelta(seconds=2)
+            kd = found.figures[("kd", "resnet8")]
+            assert (kd.batch_size, kd.ms) == (128, 8.0)  # replaced, not added
+            assert s.scalar(select(func.count()).select_from(MeasuredCost)) == 4
+            assert latest_figures(s, "cuda", (1, 8, 8), wanted).missing == sorted(wanted)
+            assert latest_figures(s, "cpu", (3, 8, 8), wanted).device is None
+    finally:
+        engine.dispose()

@@ -6,6 +6,9 @@ sample, and for comparison on real training images), the drop, latency and file 
     OMP_NUM_THREADS=1 uv run python benchmarks/int8.py --dataset mnist --calibration RUN/calibration.npz \\
         RUN/resnet8.safetensors RUN/wrn_16_1.safetensors
     uv run python benchmarks/int8.py --tiny        # self-check on a toy task: no dataset, seconds
+    # which quantization types keep accuracy on this CPU (real calibration images only, no run needed)
+    OMP_NUM_THREADS=1 uv run python benchmarks/int8.py --dataset mnist --compare-types --latency-repeats 0 \
+        --tag _types_teacher benchmarks/teachers/mnist_lenet5_*.safetensors
 
 For each student file (written by dfmscd, card inside):
 - fp32: the PyTorch student's test accuracy (and the float ONNX file's, in ONNX Runtime);
@@ -47,6 +50,13 @@ from dfmscd.student_report import LatencySettings, count_macs, cpu_info, measure
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATASET_CHOICES = ("mnist", "cifar10", "tiny_imagenet32")
+# --compare-types: the quantization types ONNX Runtime offers for x86 CPUs, against dfmscd's choice
+TYPE_VARIANTS = {
+    "u8s8_7bit": Int8Settings(),  # dfmscd's: u8 activations, s8 per-channel 7-bit weights (reduce_range)
+    "u8s8_8bit": Int8Settings(reduce_range=False),
+    "s8s8": Int8Settings(activation_type="QInt8", reduce_range=False),
+    "u8u8": Int8Settings(weight_type="QUInt8", reduce_range=False),
+}
 
 
 def log(message: str) -> None:
@@ -91,7 +101,7 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def measure_student(label: str, module: torch.nn.Module, card: ModelCard, x_test: np.ndarray, y_test: np.ndarray,
-                    synthetic: np.ndarray, real: np.ndarray | None, folder: Path, args: argparse.Namespace,
+                    synthetic: np.ndarray | None, real: np.ndarray | None, folder: Path, args: argparse.Namespace,
                     settings: Int8Settings) -> dict[str, Any]:
     """Every figure of one student (see the module doc); files are written into ``folder``."""
     x = images_array(x_test, card, "test images")
@@ -103,7 +113,7 @@ def measure_student(label: str, module: torch.nn.Module, card: ModelCard, x_test
                            "parameters": int(sum(p.numel() for p in module.parameters())),
                            "macs": count_macs(module, card.input_shape), "fp32_test_accuracy": _accuracy(fp32, y_test),
                            "onnx_fp32_test_accuracy": _accuracy(file_logits("onnx", files["onnx"].path, x), y_test)}
-    for name, calibration in (("int8_synthetic", synthetic), ("int8_real", real)):
+    for name, calibration in (("int8_synthetic", synthetic), ("int8_real", real)):  # None: not asked for
         if calibration is None:
             continue
         log(f"{label}: INT8 calibrated on {len(calibration)} {name.split('_')[1]} images")
@@ -115,11 +125,23 @@ def measure_student(label: str, module: torch.nn.Module, card: ModelCard, x_test
                      "agreement_with_fp32": float((logits.argmax(1) == fp32.argmax(1)).mean()),
                      "verification": exported.verification.to_dict(), "size_bytes": exported.size_bytes}
         files[name] = exported
+    if args.compare_types:
+        calibration = synthetic if synthetic is not None else real
+        source = "synthetic" if synthetic is not None else "real"
+        out["types"] = {"calibration": source}
+        for variant, variant_settings in TYPE_VARIANTS.items():
+            exported = export_verified("onnx-int8", module, card, folder / f"{label}.{variant}.int8.onnx",
+                                       calibration=calibration, holdout=verify_on, int8=variant_settings)
+            logits = file_logits("onnx-int8", exported.path, x)
+            out["types"][variant] = {"test_accuracy": _accuracy(logits, y_test),
+                                     "agreement_with_fp32": float((logits.argmax(1) == fp32.argmax(1)).mean()),
+                                     "max_abs_logit_diff": float(np.abs(logits - fp32).max())}
     out["size_bytes"] = {fmt: f.size_bytes for fmt, f in files.items()}
     if args.latency_repeats > 0:
         latency = LatencySettings(batch_sizes=(1, 64), repeats=args.latency_repeats, warmup=2, threads=args.threads)
-        out["latency_ms"] = {fmt: measure_latency("onnx-int8" if fmt.startswith("int8") else fmt, f.path, card, latency)
-                             for fmt, f in files.items() if fmt != "int8_real"}
+        int8_file = files.get("int8_synthetic") or files.get("int8_real")  # the same graph, other scales
+        timed = {"safetensors": files["safetensors"], "onnx": files["onnx"], **({"onnx-int8": int8_file} if int8_file else {})}
+        out["latency_ms"] = {fmt: measure_latency(fmt, f.path, card, latency) for fmt, f in timed.items()}
     return out
 
 
@@ -147,9 +169,18 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {r['student']} | {pct(r['fp32_test_accuracy'])} | {pct(syn.get('test_accuracy'))} | "
             f"{pct(syn.get('drop'))} | {pct(real.get('test_accuracy'))} | {pct(real.get('drop'))} | "
-            f"{sizes['onnx'] / 1024:.0f} / {sizes.get('int8_synthetic', 0) / 1024:.0f} | "
-            f"{lat(r, 'safetensors', '1')} / {lat(r, 'onnx', '1')} / {lat(r, 'int8_synthetic', '1')} | "
-            f"{lat(r, 'safetensors', '64')} / {lat(r, 'onnx', '64')} / {lat(r, 'int8_synthetic', '64')} |")
+            f"{sizes['onnx'] / 1024:.0f} / {sizes.get('int8_synthetic', sizes.get('int8_real', 0)) / 1024:.0f} | "
+            f"{lat(r, 'safetensors', '1')} / {lat(r, 'onnx', '1')} / {lat(r, 'onnx-int8', '1')} | "
+            f"{lat(r, 'safetensors', '64')} / {lat(r, 'onnx', '64')} / {lat(r, 'onnx-int8', '64')} |")
+    typed = [r for r in results["models"] if r.get("types")]
+    if typed:
+        names = list(TYPE_VARIANTS)
+        lines += ["", f"Quantization types (calibrated on the {typed[0]['types']['calibration']} images): test % / "
+                  "top-1 agreement with fp32 %", "", "| student | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        for r in typed:
+            cells = [f"{pct(r['types'][n]['test_accuracy'])} / {pct(r['types'][n]['agreement_with_fp32'])}" for n in names]
+            lines.append(f"| {r['student']} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
 
@@ -197,12 +228,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         from benchmarks.data import load_dataset
 
-        if not args.models or args.calibration is None:
-            raise SystemExit("give student files and --calibration (or --tiny)")
+        if not args.models:
+            raise SystemExit("give student files (or --tiny)")
         data = load_dataset(args.dataset, log=log)
         x_test, y_test = as_uint8(data.x_test), data.y_test.numpy()
-        synthetic = read_calibration(args.calibration)
-        real = None if args.real_images == 0 else real_sample(data.x_train, args.real_images or len(synthetic), args.real_seed)
+        synthetic = read_calibration(args.calibration) if args.calibration is not None else None
+        default_n = len(synthetic) if synthetic is not None else 1024
+        real = None if args.real_images == 0 else real_sample(data.x_train, args.real_images or default_n, args.real_seed)
+        if synthetic is None and real is None:
+            raise SystemExit("nothing to calibrate on: give --calibration or real images (--real-images N)")
         students = []
         for path in args.models:
             module, card = load_model(path)
@@ -219,7 +253,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpu": cpu_info(), "threads": threads, "onnxruntime": onnxruntime.__version__,
                     "torch": torch.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
         "int8_settings": settings.to_dict(), "test_images": int(len(y_test)),
-        "calibration": {"synthetic": {"file": str(args.calibration) if args.calibration else None, "images": int(len(synthetic))},
+        "type_variants": {k: v.to_dict() for k, v in TYPE_VARIANTS.items()} if args.compare_types else None,
+        "calibration": {"synthetic": None if synthetic is None else {"file": str(args.calibration), "images": int(len(synthetic))},
                         "real": None if real is None else {"images": int(len(real)), "seed": args.real_seed}},
         "models": [],
     }
@@ -248,6 +283,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify-images", type=int, default=1024, help="test images each file is verified on")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed runs per batch size (0: no latency)")
     p.add_argument("--threads", type=int, default=None, help="threads for torch and ONNX Runtime (default: torch's)")
+    p.add_argument("--compare-types", action="store_true",
+                   help="also quantize with u8s8 8-bit, s8s8 and u8u8 (ONNX Runtime's x86 options) and compare")
     p.add_argument("--tiny", action="store_true", help="self-check on a toy task (no dataset), results not saved unless --out-dir")
     p.add_argument("--out-dir", type=Path, default=None, help=f"where results go (default {RESULTS_DIR}; --tiny: nowhere)")
     p.add_argument("--tag", default="", help="appended to the result name, e.g. _seed0")

@@ -17,6 +17,7 @@ difference against). Thresholds:
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -66,7 +67,13 @@ class Verification:
                 f"largest logit difference {self.max_abs_logit_diff:.4g}); this is a bug in the export")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "message": self.message}
+        """JSON-able; floats to 6 significant digits (a file's stamped figures do not carry float
+        noise), a non-finite difference as None."""
+        out: dict[str, Any] = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float):
+                out[key] = float(f"{value:.6g}") if math.isfinite(value) else None
+        return {**out, "message": self.message}
 
 
 def min_agreement(fmt: str) -> float:

@@ -9,7 +9,7 @@ from benchmarks.int8 import cpu_slug, main, real_sample
 
 
 def test_tiny_self_check_writes_every_figure(tmp_path, capsys):
-    assert main(["--tiny", "--latency-repeats", "1", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
+    assert main(["--tiny", "--latency-repeats", "1", "--threads", "1", "--compare-types", "--out-dir", str(tmp_path)]) == 0
     [result_file] = tmp_path.glob("int8_tiny_cpu_*.json")
     assert result_file.with_suffix(".md").exists()
     results = json.loads(result_file.read_text())
@@ -19,7 +19,9 @@ def test_tiny_self_check_writes_every_figure(tmp_path, capsys):
         assert model[arm]["drop"] == model["fp32_test_accuracy"] - model[arm]["test_accuracy"]
         assert model[arm]["verification"]["status"] in ("verified", "flagged")
     assert model["size_bytes"]["int8_synthetic"] < model["size_bytes"]["onnx"]
-    assert set(model["latency_ms"]) == {"safetensors", "onnx", "int8_synthetic"}
+    assert set(model["latency_ms"]) == {"safetensors", "onnx", "onnx-int8"}
+    assert set(model["types"]) == {"calibration", "u8s8_7bit", "u8s8_8bit", "s8s8", "u8u8"}
+    assert model["types"]["u8s8_7bit"]["test_accuracy"] == model["int8_synthetic"]["test_accuracy"]
     assert results["machine"]["threads"] == 1 and "| resnet8 |" in capsys.readouterr().out
 
 

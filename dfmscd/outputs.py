@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dfmscd.deploy import ExportedFile, export_verified
-from dfmscd.formats import NATIVE_FORMAT, file_name
+from dfmscd.formats import CALIBRATED_FORMATS, NATIVE_FORMAT, file_name
 from dfmscd.io import ModelCard
 from dfmscd.io.quantize import Int8Settings
 from dfmscd.report import save_samples_png
@@ -38,9 +38,12 @@ def run_outputs(result: Any, teacher_card: ModelCard, exports: Iterable[str] = (
                 int8: Int8Settings | None = None) -> list[RunOutput]:
     """Students (safetensors with their card, then each export format, each verified), then the
     samples grid (rows: the teacher's class of each sample, as the engine reports it)."""
-    exports = [f for f in dict.fromkeys(exports) if f != NATIVE_FORMAT]
     calibration = getattr(result, "calibration", None)
     holdout = getattr(result, "holdout", None)
+    # A run cancelled before its pool held an image has nothing to calibrate INT8 on: no such file then
+    # (report.json's "files" lists what was written); every other failure to export raises.
+    calibrated = calibration is not None and len(calibration) > 0
+    exports = [f for f in dict.fromkeys(exports) if f != NATIVE_FORMAT and (calibrated or f not in CALIBRATED_FORMATS)]
     out: list[RunOutput] = []
     for name, module in result.students.items():
         card = result.cards[name]

@@ -64,3 +64,16 @@ def test_distill_writes_verified_int8_and_the_student_report(one_thread, tmp_pat
     assert quant["calibration_images"] == 96
     assert json.loads(meta["dfmscd_verification"])["images"] == held_out
     assert torch.jit.load(str(out / "resnet8.torchscript.pt"))(torch.zeros(1, 1, 8, 8)).shape == (1, 4)
+
+
+def test_a_run_without_calibration_images_skips_only_int8(one_thread, tmp_path):
+    from dfmscd.outputs import run_outputs
+
+    card = kit.card()
+    empty = torch.empty((0, 1, 8, 8), dtype=torch.uint8)
+    result = DistillResult(status="cancelled", students={"s": kit.student()}, cards={"s": card}, report={},
+                           samples=empty, calibration=empty, holdout=empty)
+    names = [o.name for o in run_outputs(result, card, ["onnx", "onnx-int8"])]
+    assert names == ["s.safetensors", "s.onnx"]
+    written = {o.fmt: o.write(tmp_path / o.name) for o in run_outputs(result, card, ["onnx"])}
+    assert written["onnx"].verification.images_source == "random" and written["onnx"].verification.status == "verified"

@@ -71,6 +71,25 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 BUDGET_CLOCK = ["wall"]  # set by --clock
 
 
+KEEP_DIR: list[Path | None] = [None]  # set by --keep-students
+
+
+def _keep(result: Any, label: str) -> None:
+    """The run's students (model files) and its calibration sample (.npz, uint8 N×C×H×W), for the INT8 benchmark."""
+    import numpy as np
+
+    from dfmscd.io import save_model
+
+    folder = KEEP_DIR[0]
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = label.replace(" ", "_")
+    for name, module in result.students.items():
+        save_model(module, result.cards[name], folder / f"{stem}_{name}.safetensors")
+    np.savez(folder / f"{stem}_calibration.npz", calibration=result.calibration.numpy())
+
+
 def _distill(teacher: torch.nn.Module, card: Any, archs: list[str], config: Any, budget: Any,
              data: Dataset, device: torch.device, teacher_test: float, label: str) -> dict[str, Any]:
     """One Distiller run; figures from its report plus our own test-split evaluation."""
@@ -79,6 +98,8 @@ def _distill(teacher: torch.nn.Module, card: Any, archs: list[str], config: Any,
     last = [0.0]
 
     def progress(event: Any) -> None:
+        if event.kind == "sizing":
+            log(f"{label}: {event.data['message']}; derived {event.data['derived']}")
         if event.kind == "metrics" and time.monotonic() - last[0] > 15:
             last[0] = time.monotonic()
             d = event.data
@@ -91,6 +112,7 @@ def _distill(teacher: torch.nn.Module, card: Any, archs: list[str], config: Any,
     result = distiller.run(resume=False)
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
+    _keep(result, f"{data.name} {label}")
     rep = result.report
     figures = {
         "wall_s": wall,
@@ -196,6 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="combine --matrix result files of one set-up (e.g. one per seed, run in parallel) into "
                         "<dataset>_matrix_<T>s<tag>.json/.md")
+    p.add_argument("--keep-students", type=Path, metavar="DIR",
+                   help="save every run's students and calibration sample here (for benchmarks/int8.py)")
     p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="what a seconds budget counts: wall time, or this process's CPU time (fair on a shared machine)")
     return p.parse_args(argv)
@@ -434,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     BUDGET_CLOCK[0] = args.clock
+    KEEP_DIR[0] = args.keep_students
     if args.merge:
         import json
 

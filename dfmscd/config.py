@@ -99,6 +99,19 @@ class DistillConfig(BaseModel):
                             "'balanced': images of classes already ahead (by teacher argmax) are turned away, "
                             "keeping the pool's balance >= 0.85"))
 
+    # --- sizing (dfmscd.sizing): the per-epoch work derived from the input, the device and the budget ---
+    auto_size: bool = Field(False, description=(
+        "derive the generator's size, the pool's capacity, the batches (on a GPU) and, under a seconds budget, "
+        "the KD steps per epoch and the warm-up from the card, the device and the costs measured at the start; "
+        "fields in 'pinned' keep their values"))
+    synthesis_share: float = Field(0.3, gt=0, lt=1, description=(
+        "auto_size with a seconds budget: the share of each epoch's time (after warm-up) spent synthesizing"))
+    min_kd_updates: int = Field(1000, ge=0, le=10_000_000, description=(
+        "the KD updates each student needs; a seconds budget that buys fewer gets a smaller synthesis share and "
+        "warm-up (auto_size), and a warning naming the budget that would do"))
+    pinned: list[str] = Field(default_factory=list, description=(
+        "fields set explicitly (resolve_config records the overrides): sizing never changes them"))
+
     # --- runtime ---
     seed: int = Field(0, ge=0, le=2**32 - 1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
@@ -171,6 +184,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # pool balance held at 0.85. Two unconditional: .949/.946/.857 but balance 0.69-0.76; all
         # unconditional: .942/.940/.831, balance 0.53-0.55.
         unconditional_generators=1,
+        # The generator, the pool and, under a seconds budget, the KD steps per epoch and the warm-up
+        # follow the input, the device and the measured costs (dfmscd.sizing; docs/benchmarks.md,
+        # "Sizing rules"); at 8x8 the shape rules give this preset's values above.
+        auto_size=True,
     ),
     "fast": dict(
         synth_batch_size=64,
@@ -257,11 +274,17 @@ def parse_budget(value: "str | dict[str, Any] | Budget") -> Budget:
     raise ConfigError(f"invalid budget {text!r}: unknown unit {unit!r}; expected {BUDGET_FORMS}")
 
 
+_SIZABLE_NAMES = ("generator_width", "latent_dim", "pool_capacity", "synth_batch_size", "kd_batch_size", "lr_s",
+                  "kd_steps", "warmup_epochs")  # dfmscd.sizing.SIZABLE (a test keeps the two equal)
+
+
 def resolve_config(preset: str = "balanced", overrides: dict[str, Any] | None = None) -> DistillConfig:
     """Preset values, then user overrides, validated. Raises ConfigError with the first problem."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[preset], **(overrides or {})}
+    overrides = dict(overrides or {})
+    pinned = sorted({*overrides.get("pinned", []), *(k for k in overrides if k != "pinned")} & set(_SIZABLE_NAMES))
+    values = {**PRESETS[preset], **overrides, "pinned": pinned}
     try:
         return DistillConfig(**values)
     except ValidationError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -114,4 +114,39 @@ def measure_kd_step_ms(modules: Sequence[nn.Module], x: torch.Tensor, repeats: i
     return out
 
 
-__all__ = ["DOMINANT_SHARE", "dominant_student_warning", "estimate_cost", "measure_kd_step_ms"]
+def measure_backward_ms(module: nn.Module, make_input: Callable[[], "torch.Tensor | tuple[torch.Tensor, ...]"],
+                        repeats: int = 1, device: "torch.device | None" = None, frozen: bool = False) -> float:
+    """Milliseconds of one forward and one backward of ``module`` on a copy, gradients flowing to
+    the input: what a frozen teacher or student costs a synthesis step, and a generator's own cost.
+
+    ``make_input`` builds fresh inputs (float tensors get ``requires_grad``); ``frozen`` times the copy
+    in eval mode without parameter gradients. The module's parameters, BN statistics and the RNG
+    streams stay untouched; one warm-up pass is not timed."""
+    import torch  # deferred on purpose, as in estimate_cost
+
+    clone = copy.deepcopy(module)
+    if frozen:
+        clone.eval().requires_grad_(False)
+    dev = device or next((p.device for p in clone.parameters()), torch.device("cpu"))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def once() -> None:
+        args = make_input()
+        args = args if isinstance(args, tuple) else (args,)
+        args = tuple(a.detach().requires_grad_() if a.is_floating_point() else a for a in args)
+        out = clone(*args)
+        out.float().sum().backward()
+
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        once()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            clone.zero_grad(set_to_none=True)
+            once()
+        sync()
+    del clone
+    return (time.perf_counter() - t0) * 1000.0 / repeats
+
+
+__all__ = ["DOMINANT_SHARE", "dominant_student_warning", "estimate_cost", "measure_backward_ms", "measure_kd_step_ms"]

@@ -21,9 +21,11 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from dfmscd import sizing
 from dfmscd.config import Budget, DistillConfig, resolve_budget
 from dfmscd.costs import kd_rates, measure_kd_step_ms
 from dfmscd.engine import checkpoint as ckpt
+from dfmscd.engine import planning
 from dfmscd.engine.runtime import (
     capture_rng_state,
     network_memory_format,
@@ -32,7 +34,7 @@ from dfmscd.engine.runtime import (
     seed_everything,
 )
 from dfmscd.engine.report import balance, held_out_agreement, pool_diversity, pool_report
-from dfmscd.engine.samples import pick_samples
+from dfmscd.engine.samples import pick_calibration, pick_samples
 from dfmscd.engine.students import StudentGroup, build_student, cosine_factor
 from dfmscd.engine.types import DistillResult, Event, Outcome, Phase, StudentSpec, check_student_names
 from dfmscd.engine.validation import check_teacher, student_card
@@ -80,6 +82,7 @@ class RunState:
     completed: bool = False
     last_losses: list[float | None] = field(default_factory=list)
     kd_rates: list[int] = field(default_factory=list)  # updates per shared KD step, per student (fixed at the start)
+    sizing: dict[str, Any] = field(default_factory=dict)  # what the first start measured and derived
 
     _INT = ("epoch", "kd_steps_done", "images_synthesized")
     _FLOAT = ("elapsed", "synth_s", "kd_s")
@@ -100,6 +103,7 @@ class RunState:
             completed=bool(state["completed"]),
             last_losses=[None if v != v else float(v) for v in state["last_losses"]],
             kd_rates=[int(v) for v in state.get("kd_rates", [])],
+            sizing=dict(state.get("sizing") or {}),
         )
 
 
@@ -141,10 +145,13 @@ class Distiller:
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        cfg, card, dev = self.config, self.card, self.device
+        card, dev = self.card, self.device
         c, h, _ = card.input_shape
-        seed_everything(cfg.seed)
         cuda = dev.type == "cuda"
+        self.intent = self.config  # what the caller asked for; derived fields are replaced below
+        self.config, self.shape_values = planning.shape_sized(self.intent, card.input_shape, card.num_classes, cuda, self.names)
+        cfg = self.config
+        seed_everything(cfg.seed)
         if cuda:
             torch.backends.cudnn.benchmark = True
         self.amp_dtype = torch.bfloat16 if (cfg.autocast == "bf16" or (cfg.autocast == "auto" and cuda)) else None
@@ -176,11 +183,8 @@ class Distiller:
         self.weights = SynthesisWeights(cfg.bn, cfg.oh, cfg.adv, cfg.student_adv, cfg.diversity)
         self.norm_mean = torch.tensor(card.mean, device=dev).view(1, -1, 1, 1)
         self.norm_std = torch.tensor(card.std, device=dev).view(1, -1, 1, 1)
-        if self.budget.epochs is not None:
-            scaled = self.budget.epochs * cfg.warmup_epochs // cfg.epochs
-            self.warmup = min(cfg.warmup_epochs, scaled, self.budget.epochs - 1)
-        else:
-            self.warmup = cfg.warmup_epochs
+        self._set_warmup()
+        self.sizing: dict[str, Any] = {"derived": dict(self.shape_values)}
         self.st = RunState(last_losses=[None] * len(self.specs))  # everything here is checkpointed
         self.resumed_from: int | None = None
         self._cancelled = False
@@ -191,12 +195,20 @@ class Distiller:
         self._save_s = 0.0
         self._epoch_stats: dict[str, float] = {}
         self.fingerprint = ckpt.run_fingerprint(
-            cfg.model_dump(mode="json"),
+            planning.fingerprint_config(self.intent),
             self.budget.model_dump(exclude_none=True),
             [{"architecture": s.architecture, "name": n, "arch_kwargs": s.arch_kwargs} for s, n in zip(self.specs, self.names)],
             card.model_dump(mode="json"),
             ckpt.module_digest(self.teacher),
         )
+
+    def _set_warmup(self) -> None:
+        cfg = self.config
+        if self.budget.epochs is not None:
+            scaled = self.budget.epochs * cfg.warmup_epochs // cfg.epochs
+            self.warmup = min(cfg.warmup_epochs, scaled, self.budget.epochs - 1)
+        else:
+            self.warmup = cfg.warmup_epochs
 
     def _components(self) -> dict[str, Any]:
         """The stateful parts of a run, by checkpoint key (each has state_dict/load_state_dict)."""
@@ -403,17 +415,85 @@ class Distiller:
         return Outcome.DONE
 
     def _fix_kd_rates(self) -> None:
-        """Measure each student's KD step once, at a run's first start, and keep the rates it gives
-        (checkpointed, so a resumed run takes the same steps as an uninterrupted one)."""
+        """At a run's first start, measure each student's KD step once and keep the rates it gives;
+        with a seconds budget, also measure the synthesis costs and size the budget's work
+        (``dfmscd.sizing``). Both are checkpointed, so a resumed run takes the same steps as an
+        uninterrupted one."""
         if not self.st.kd_rates:
-            if self.config.kd_max_rate == 1 or len(self.specs) == 1:
-                self.st.kd_rates = [1] * len(self.specs)
-            else:
-                self.st.kd_rates = kd_rates(self._kd_ms_per_student(repeats=2), self.config.kd_max_rate)
+            rated = self.config.kd_max_rate > 1 and len(self.specs) > 1
+            timed = self.budget.seconds is not None
+            kd_ms = self._kd_ms_per_student(repeats=2) if (rated or timed) else []
+            self.st.kd_rates = kd_rates(kd_ms, self.config.kd_max_rate) if rated else [1] * len(self.specs)
+            if rated:
                 self._log("KD updates per shared step: " + ", ".join(f"{n} {r}" for n, r in zip(self.names, self.st.kd_rates)))
+            if timed:
+                self._size_for_budget(kd_ms)
+        else:
+            self.sizing = self.st.sizing or self.sizing
+        budget_values = self.sizing.get("budget_values") or {}
+        if budget_values:
+            self.config = planning.with_values(self.config, budget_values)
+            self._set_warmup()
         # round k >= 1 of a shared KD step: the students whose rate exceeds k
         rates = self.st.kd_rates
         self._extra_rounds = [[i for i, r in enumerate(rates) if r > k] for k in range(1, max(rates))]
+
+    def _teacher_forward_ms(self) -> float:
+        x = torch.zeros(self.config.kd_batch_size, *self.card.input_shape, device=self.device)
+        x = x.contiguous(memory_format=self.memory_format)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        with torch.no_grad(), self.students.autocast():
+            self.teacher(x)
+            sync()
+            t0 = time.perf_counter()
+            self.teacher(x)
+            sync()
+        return (time.perf_counter() - t0) * 1000.0
+
+    def _size_for_budget(self, kd_ms: list[float]) -> None:
+        """What the seconds budget buys on this device, and (``auto_size``) the KD steps per epoch and
+        warm-up that buy every student the floor of updates; announced as a ``sizing`` event."""
+        cfg = self.config
+        synth_ms = planning.synthesis_costs_ms(
+            teacher=self.teacher, students=self.students.modules, generator=self.mixture.generators[0], config=cfg,
+            input_shape=self.card.input_shape, device=self.device, memory_format=self.memory_format,
+            autocast=self.students.autocast)
+        teacher_ms = self._teacher_forward_ms()
+        dump = cfg.model_dump()
+        costs0 = sizing.costs_from(dump, kd_ms, teacher_ms, synth_ms, self.st.kd_rates, len(self.mixture), 0.0)
+        overhead = self.elapsed + len(self.mixture) * costs0.warmup_synth_step_s + 0.25  # + held-out evaluation
+        costs = sizing.costs_from(dump, kd_ms, teacher_ms, synth_ms, self.st.kd_rates, len(self.mixture), overhead)
+        plan = sizing.plan_run(self.intent.model_dump(), self.card.input_shape, self.card.num_classes,
+                               self.device.type == "cuda", self.budget.seconds, costs, self.names)
+        budget_values = {k: v for k, v in plan.values.items() if k in ("kd_steps", "warmup_epochs")}
+        advice = plan.advice
+        assert advice is not None
+        device = planning.device_label(self.device)
+        message = advice.message(device)
+        warnings = [message] if advice.below_floor else []
+        self.sizing = {
+            "device": device,
+            "derived": {**self.sizing.get("derived", {}), **budget_values},
+            "budget_values": budget_values,
+            "measured_ms": {  # per student name; the batches they were measured at
+                "kd_batch_size": cfg.kd_batch_size, "synth_batch_size": cfg.synth_batch_size,
+                "kd": dict(zip(self.names, kd_ms)), "teacher_forward": teacher_ms,
+                "synthesis_teacher": synth_ms["teacher"], "synthesis_generator": synth_ms["generator"],
+                "synthesis": dict(zip(self.names, synth_ms["students"])),
+            },
+            "costs": {"kd_step_s": costs.kd_step_s, "synth_step_s": costs.synth_step_s,
+                      "warmup_synth_step_s": costs.warmup_synth_step_s, "overhead_s": costs.overhead_s},
+            "advice": advice.to_dict(),
+            "message": message,
+            "notes": plan.notes,
+            "warnings": warnings,
+        }
+        self.st.sizing = self.sizing
+        effective = planning.with_values(self.config, budget_values)
+        self._log(message)
+        for note in plan.notes:
+            self._log(note)
+        self._emit("sizing", {"config": effective.model_dump(mode="json"), **self.sizing})
 
     def _run_epoch(self) -> Outcome:
         cfg, e = self.config, self.st.epoch
@@ -543,8 +623,9 @@ class Distiller:
         t0 = self._clock()
         agreement: list[float | None] = [None] * len(self.specs)
         held_out = 0
+        holdout = torch.empty(0, dtype=torch.uint8)
         if status is Outcome.COMPLETED and len(self.pool):
-            agreement, held_out = held_out_agreement(  # type: ignore[assignment]
+            agreement, held_out, holdout = held_out_agreement(  # type: ignore[assignment]
                 mixture=self.mixture, students=self.students, teacher=self.teacher, hooks=self.hooks,
                 weights=self.weights, augment=self.augment, config=self.config,
                 num_classes=self.card.num_classes, to_input=lambda u8: self._to_input(u8, augment=False),
@@ -552,9 +633,19 @@ class Distiller:
             )  # fmt: skip
         diversity = pool_diversity(self.teacher, self.pool, lambda u8: self._to_input(u8, augment=False))
         samples, sample_labels = pick_samples(self.pool)
+        calibration = pick_calibration(self.pool)
         kd_ms = self._kd_ms_per_student()  # before the students leave the device
         students = {n: m.cpu().eval().to(memory_format=torch.contiguous_format) for n, m in zip(self.names, self.students.modules)}
         eval_s = self._clock() - t0
+        updates = {n: self.st.kd_steps_done * r for n, r in zip(self.names, self.st.kd_rates or [1] * len(self.names))}
+        floor = self.config.min_kd_updates if self.budget.seconds is not None else 0
+        flags = planning.student_flags(dict(zip(self.names, agreement)), updates, floor)
+        warnings = list(self.sizing.get("warnings", [])) + list(flags.values())
+        missing = planning.missing_classes(self.pool.histogram("teacher_argmax"), self.card.class_names)
+        if missing and len(self.pool):
+            shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            warnings.append(f"{len(missing)} of {self.card.num_classes} classes never reached the pool (by the teacher's "
+                            f"argmax): {shown}; the students have not learnt them: give a larger budget")
         total_s = self.elapsed
         st = self.st
         budget_s = self.budget.seconds
@@ -583,9 +674,13 @@ class Distiller:
                     "final_loss": loss,
                     "teacher_agreement": agr,
                     "kd_ms_per_step": ms,
+                    "kd_updates": updates[name],
+                    "flag": flags.get(name),
                 }
                 for name, spec, loss, agr, ms in zip(self.names, self.specs, st.last_losses, agreement, kd_ms)
             },
+            "sizing": self.sizing,
+            "warnings": warnings,
             "held_out_images": held_out,
             "timings": {
                 "total_s": total_s, "setup_s": self.setup_s, "synthesis_s": st.synth_s, "kd_s": st.kd_s,
@@ -601,5 +696,7 @@ class Distiller:
             "pool": {**pool_report(self.pool), "diversity": diversity, "requested_histogram": self._requested(),
                      "requested_balance": balance(self._requested()) if self._requested() else None},
             "class_names": list(self.card.class_names) if self.card.class_names else None,
+            "missing_classes": missing,
         }
-        return DistillResult(status.value, students, dict(self.student_cards), report, samples, sample_labels)
+        return DistillResult(status.value, students, dict(self.student_cards), report, samples, sample_labels,
+                             calibration=calibration, holdout=holdout)

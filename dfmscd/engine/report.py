@@ -48,15 +48,18 @@ def held_out_agreement(
     adversarial: bool,
     amp_dtype: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
-) -> tuple[list[float], int]:
+) -> tuple[list[float], int, torch.Tensor]:
     """Each student's argmax agreement with the teacher on one fresh, class-balanced synthesis
     round per generator. The images never enter the pool, so no student has trained on them;
     the slow generators are not updated (this runs after the final checkpoint). The engine runs
     it without the adversarial terms: the figure is agreement on the generators' ordinary
-    output, and it then costs teacher passes only, which keeps a seconds budget's reserve small."""
+    output, and it then costs teacher passes only, which keeps a seconds budget's reserve small.
+    Returns the agreements, the number of images, and the images (uint8, CPU): a held-out set that
+    exported students are verified on."""
     n = config.synth_batch_size
     labels = torch.arange(n) % num_classes
     agree, total = [0] * len(students), 0
+    kept: list[torch.Tensor] = []
     with students.frozen() as modules:
         for k, slow in enumerate(mixture.generators):
             out = synthesize(
@@ -73,7 +76,8 @@ def held_out_agreement(
                 hits = torch.stack([(s(x).argmax(dim=1) == t).sum() for s in modules]).cpu().tolist()
             agree = [a + h for a, h in zip(agree, hits)]
             total += n
-    return [a / total for a in agree], total
+            kept.append(out.images.cpu())
+    return [a / total for a in agree], total, torch.cat(kept)
 
 
 def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

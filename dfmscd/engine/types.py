@@ -85,3 +85,8 @@ class DistillResult:
     samples: torch.Tensor  # uint8 N×C×H×W: a few pooled images per class
     sample_labels: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     # sample_labels: int64 N, the teacher's class for each sample (what the image shows it)
+    calibration: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
+    # calibration: uint8 N×C×H×W, a class-balanced sample of the pool (engine.samples.pick_calibration)
+    holdout: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
+    # holdout: uint8 N×C×H×W, fresh synthetic images no student trained on and not in the calibration
+    # sample (the held-out agreement round): what exported files are verified on

@@ -88,7 +88,7 @@ def test_card_command_writes_a_valid_card(tmp_path, capsys):
     assert card.mean == pytest.approx((float(x.mean()),), abs=1e-4) and card.std == pytest.approx((float(x.std()),), abs=1e-4)
     rc = main(["card", "--architecture", "resnet8", "--num-classes", "10", "--images", str(tmp_path / "missing")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "folder of .png/.jpg images or an .npz" in err[0]
+    assert rc == 2 and len(err) == 1 and "folder of .png/.jpg images, an .npz" in err[0] and "archive" in err[0]
 
 
 # --- BN statistics against the card (hand-built case) -----------------------------------------

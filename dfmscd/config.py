@@ -119,7 +119,8 @@ class DistillConfig(BaseModel):
     autocast: Literal["auto", "off", "bf16"] = Field(
         "auto", description="mixed precision for teacher and students: auto = bf16 on CUDA, off on CPU")
     channels_last: bool | None = Field(
-        None, description="channels-last layout for the networks; None: all on CUDA, on CPU those with depthwise convolutions")
+        None, description=("channels-last layout for the networks; None: all on CUDA; on CPU those with depthwise "
+                           "convolutions, and all from 16x16 inputs up"))
     pool_on_device: bool | None = Field(None, description="keep the pool on the accelerator; None: on CUDA when it fits in 2 GiB")
 
     def single_student_baseline(self) -> "DistillConfig":

@@ -58,6 +58,7 @@ from dfmscd.synthesis import (
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
 POOL_ON_DEVICE_MAX_BYTES = 2 * 2**30
+MEASURE_BATCH = 32  # images a cost measurement runs on (scaled to the real batch)
 EMA = 0.5  # smoothing of the per-step duration estimates that keep a seconds budget
 
 
@@ -158,11 +159,11 @@ class Distiller:
         # The teacher's layout is also the layout images are handed over in; each student keeps its own
         # (network_memory_format), and a convolution follows its weights' layout.
         self.teacher = copy.deepcopy(self._teacher_src).to(dev).eval().requires_grad_(False)
-        self.memory_format = network_memory_format(self.teacher, cfg.channels_last, dev)
+        self.memory_format = network_memory_format(self.teacher, cfg.channels_last, dev, h)
         self.teacher = self.teacher.to(memory_format=self.memory_format)
         self.hooks = TeacherBNHooks(self.teacher, cfg.bn_momentum)
         modules = [build_student(s, card.num_classes, card.input_shape).to(dev) for s in self.specs]
-        self.student_formats = [network_memory_format(m, cfg.channels_last, dev) for m in modules]
+        self.student_formats = [network_memory_format(m, cfg.channels_last, dev, h) for m in modules]
         modules = [m.to(memory_format=f) for m, f in zip(modules, self.student_formats)]
         self.students = StudentGroup(modules, cfg, amp_dtype=self.amp_dtype)
         k = resolve_num_generators(cfg.num_generators, len(self.specs))
@@ -439,7 +440,8 @@ class Distiller:
         self._extra_rounds = [[i for i, r in enumerate(rates) if r > k] for k in range(1, max(rates))]
 
     def _teacher_forward_ms(self) -> float:
-        x = torch.zeros(self.config.kd_batch_size, *self.card.input_shape, device=self.device)
+        n = min(self.config.kd_batch_size, MEASURE_BATCH)
+        x = torch.zeros(n, *self.card.input_shape, device=self.device)
         x = x.contiguous(memory_format=self.memory_format)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         with torch.no_grad(), self.students.autocast():
@@ -448,7 +450,7 @@ class Distiller:
             t0 = time.perf_counter()
             self.teacher(x)
             sync()
-        return (time.perf_counter() - t0) * 1000.0
+        return (time.perf_counter() - t0) * 1000.0 * self.config.kd_batch_size / n
 
     def _size_for_budget(self, kd_ms: list[float]) -> None:
         """What the seconds budget buys on this device, and (``auto_size``) the KD steps per epoch and
@@ -457,7 +459,7 @@ class Distiller:
         synth_ms = planning.synthesis_costs_ms(
             teacher=self.teacher, students=self.students.modules, generator=self.mixture.generators[0], config=cfg,
             input_shape=self.card.input_shape, device=self.device, memory_format=self.memory_format,
-            autocast=self.students.autocast)
+            autocast=self.students.autocast, measure_batch=MEASURE_BATCH)
         teacher_ms = self._teacher_forward_ms()
         dump = cfg.model_dump()
         costs0 = sizing.costs_from(dump, kd_ms, teacher_ms, synth_ms, self.st.kd_rates, len(self.mixture), 0.0)
@@ -614,10 +616,14 @@ class Distiller:
     # ------------------------------------------------------------------ result
     def _kd_ms_per_student(self, repeats: int = 1) -> list[float]:
         """Each student's own forward + backward on one KD batch, in ms (dfmscd.costs): which student
-        makes the shared steps slow. Measured on copies, under the run's precision and layout."""
-        x = torch.zeros(self.config.kd_batch_size, *self.card.input_shape, device=self.device)
+        makes the shared steps slow. Measured on copies, under the run's precision and layout, on up to
+        ``MEASURE_BATCH`` images and scaled to the KD batch (on a CPU the cost per image hardly changes
+        with the batch; measuring a full CIFAR batch cost a 150 s run a tenth of its time)."""
+        n = min(self.config.kd_batch_size, MEASURE_BATCH)
+        x = torch.zeros(n, *self.card.input_shape, device=self.device)
         with self.students.autocast():
-            return measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format), repeats)
+            ms = measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format), repeats)
+        return [v * self.config.kd_batch_size / n for v in ms]
 
     def _result(self, status: Outcome) -> DistillResult:
         t0 = self._clock()

@@ -30,16 +30,23 @@ def has_depthwise_conv(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in module.modules())
 
 
-def network_memory_format(module: torch.nn.Module, setting: bool | None, device: torch.device) -> torch.memory_format:
+# From this input side up, channels-last is the cheaper layout on a CPU too (docs/benchmarks.md, "Speed").
+CPU_CHANNELS_LAST_MIN_SIDE = 16
+
+
+def network_memory_format(module: torch.nn.Module, setting: bool | None, device: torch.device,
+                          image_size: int = 0) -> torch.memory_format:
     """The layout a network's weights (hence its activations) are kept in.
 
-    ``setting`` True/False forces it; None picks channels-last on CUDA, and on CPU only for
-    networks with depthwise convolutions: there oneDNN's channels-last kernels made a MobileNetV2
-    forward+backward 2.3x cheaper at 8x8, batch 128, one thread, while plain ResNet/VGG convolutions
-    gained 1.3x at most (README, "Speed on CPU").
+    ``setting`` True/False forces it; None picks channels-last on CUDA, and on CPU for networks with
+    depthwise convolutions (oneDNN's channels-last kernels made a MobileNetV2 forward+backward 2.3x
+    cheaper at 8x8) and for inputs of ``CPU_CHANNELS_LAST_MIN_SIDE`` and more, where one-thread
+    forward+backward passes at batch 64 on a 2-core AMD EPYC were 10-40% cheaper in channels-last
+    (resnet20 at 3x32x32: 284 against 354 ms; vgg8 at 1x28x28: 347 against 404 ms) and none dearer,
+    while at 8x8 plain convolutions gained nothing or lost.
     """
     if setting is None:
-        setting = device.type == "cuda" or has_depthwise_conv(module)
+        setting = device.type == "cuda" or has_depthwise_conv(module) or image_size >= CPU_CHANNELS_LAST_MIN_SIDE
     return torch.channels_last if setting else torch.contiguous_format
 
 

@@ -86,6 +86,8 @@ def test_cpu_default_layout_is_channels_last_only_for_depthwise_networks():
     deep = create_model("mobilenetv2", num_classes=10, in_channels=1, image_size=8)
     assert network_memory_format(deep, None, cpu) == torch.channels_last
     assert network_memory_format(deep, False, cpu) == torch.contiguous_format
+    assert network_memory_format(plain, None, cpu, image_size=28) == torch.channels_last  # 16x16 and up
+    assert network_memory_format(plain, None, cpu, image_size=8) == torch.contiguous_format
 
     result = _run(students=("resnet8", "mobilenetv2"))
     assert result.report["precision"]["channels_last"] is False  # the teacher (a plain CNN) and the images

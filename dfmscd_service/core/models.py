@@ -135,6 +135,13 @@ class Job(Base):
     # What a seconds budget buys (dfmscd.sizing.Advice plus where its costs came from): from costs
     # measured before, at creation; replaced by the run's own measurement when it starts.
     advice: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The labelled set named at creation, evaluated by the worker when the job ends (reporting only).
+    # No foreign key: deleting the set clears it explicitly (api/routes/evaluation_sets.py).
+    evaluation_set_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # The INT8 calibration sample the worker stored at the end (uint8 N x C x H x W in an .npz).
+    calibration_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    calibration_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    calibration_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Lease: who runs it and until when; renewed by the worker's heartbeat.
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -170,9 +177,39 @@ class JobStudent(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Cached exports: {"onnx": {"key":..., "sha256":..., "size_bytes":...}, ...}
+    # (jobs that ended before the worker exported every format; made on first download).
     exports: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The student report (dfmscd.student_report) the worker wrote when the job succeeded.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     job: Mapped[Job] = relationship(back_populates="students")
+    files: Mapped[list[StudentFile]] = relationship(
+        back_populates="student", order_by="StudentFile.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class StudentFile(Base):
+    """One format of one student, exported and verified by the worker when its job succeeded.
+
+    ``status``: ``verified``, ``flagged`` (an INT8 file below its agreement threshold: stored and
+    served, marked) or ``refused`` (a float file that failed verification: nothing stored, never
+    served; ``error`` says why)."""
+
+    __tablename__ = "student_files"
+    __table_args__ = (UniqueConstraint("student_id", "format", name="uq_student_files_format"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    student_id: Mapped[int] = mapped_column(Integer, ForeignKey("job_students.id", ondelete="CASCADE"), index=True)
+    format: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    verification: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    student: Mapped[JobStudent] = relationship(back_populates="files")
 
 
 class JobEvent(Base):
@@ -211,6 +248,55 @@ class MeasuredCost(Base):
     ms: Mapped[float] = mapped_column(Float)
     measured_at: Mapped[datetime] = mapped_column(default=utcnow)
     job_id: Mapped[str | None] = mapped_column(String(40), default=None)  # the run that measured it (may be deleted)
+
+
+class EvaluationSet(Base):
+    """A labelled image set an owner uploaded (a .npz or a class-folder archive), for reporting
+    accuracy only: nothing trains or calibrates on it."""
+
+    __tablename__ = "evaluation_sets"
+    __table_args__ = (Index("ix_evaluation_sets_owner_id_id", "owner_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(40))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    file_format: Mapped[str] = mapped_column(String(16))  # npz | tar | tar.gz | zip
+    storage_key: Mapped[str] = mapped_column(String(255))
+    filename: Mapped[str | None] = mapped_column(String(255), default=None)
+    # What it holds, read at upload (dfmscd.evaluate.describe_evaluation_set): images, shape, labels.
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """A finished job's teacher and students (PyTorch weights and every stored file) evaluated on
+    one set by the worker: at the job's end when the job named the set, or on request."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        Index("ix_evaluations_job_id_id", "job_id", "id"),
+        Index("ix_evaluations_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"))
+    evaluation_set_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("evaluation_sets.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(16))  # job_end | request
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)  # queued|running|succeeded|failed
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class IdempotencyKey(Base):

@@ -12,7 +12,8 @@ from dfmscd_service.core.migrate import downgrade, upgrade_head
 from dfmscd_service.core.models import Base
 
 TABLES = {"api_keys", "teachers", "jobs", "job_students", "job_events", "idempotency_keys",
-          "webhook_endpoints", "webhook_deliveries"}
+          "webhook_endpoints", "webhook_deliveries", "measured_costs", "student_files", "evaluation_sets",
+          "evaluations"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -194,6 +194,61 @@ def _read_archive(path: Path, card: ModelCard, limits: ArchiveLimits) -> tuple[t
     return to_model_input(nchw, card, path.name), _labels(y, images.x.shape[0], card, path.name)
 
 
+def describe_evaluation_set(path: str | os.PathLike[str], limits: ArchiveLimits = EVALUATION_LIMITS) -> dict[str, Any]:
+    """What a labelled ``.npz`` or class-folder archive holds, read without a model card (the
+    service checks an upload with it before any card is known; ``read_evaluation_set`` then checks
+    it against a card). Every image is read, so an unsafe, unreadable or oversized set is refused
+    here (``LabelledDataError`` / ``ImageArchiveError``, one line).
+
+    ``{"kind": "npz", "images", "x_shape" (per image), "dtype", "labels": {"min", "max"}}`` or
+    ``{"kind": "archive", "images", "image_size" [H, W], "channels", "classes" (folder names),
+    "subset" ("test" or None), "labels": {"min", "max"}}``."""
+    path = Path(path)
+    if is_archive(path):
+        subset = EVALUATION_SUBSET if has_top_folder(path, EVALUATION_SUBSET, limits) else None
+        images = read_class_folders(path, subset=subset, channels=None, limits=limits)
+        n, h, w, c = images.x.shape
+        return {"kind": "archive", "images": int(n), "image_size": [int(h), int(w)], "channels": int(c),
+                "classes": list(images.class_names), "subset": subset,
+                "labels": {"min": int(images.y.min()), "max": int(images.y.max())}}
+    if path.suffix.lower() != ".npz":
+        raise LabelledDataError(f"{path.name}: evaluation data must be a .npz (x, y) or a class-folder archive "
+                                "(.tar, .tar.gz, .tgz, .zip)")
+    label = path.name
+    _check_npz_container(path, label, limits.max_total_bytes)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data.files or "y" not in data.files:
+                raise LabelledDataError(f"{label}: needs arrays 'x' and 'y', found {sorted(data.files)}")
+            x, y = data["x"], data["y"]
+    except LabelledDataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise LabelledDataError(f"{label}: unreadable .npz ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise LabelledDataError(f"{label}: x has dtype {x.dtype}; expected uint8 or float")
+    if x.ndim not in (3, 4) or x.shape[0] == 0:
+        raise LabelledDataError(f"{label}: x has shape {tuple(x.shape)}; expected N x C x H x W, N x H x W x C or "
+                                "N x H x W with N >= 1")
+    if x.shape[0] > limits.max_images:
+        raise LabelledDataError(f"{label}: {x.shape[0]} images (limit {limits.max_images})")
+    labels = _labels_any(y, x.shape[0], label)
+    return {"kind": "npz", "images": int(x.shape[0]), "x_shape": [int(d) for d in x.shape[1:]], "dtype": str(x.dtype),
+            "labels": {"min": int(labels.min()), "max": int(labels.max())}}
+
+
+def _labels_any(y: np.ndarray, n: int, label: str) -> np.ndarray:
+    """``_labels`` without a card: integer, one per image, not negative."""
+    if not (np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_):
+        raise LabelledDataError(f"{label}: y has dtype {y.dtype}; expected integer class indices")
+    y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
+    if y.ndim != 1 or y.shape[0] != n:
+        raise LabelledDataError(f"{label}: y has shape {tuple(y.shape)}; expected ({n},), one label per image")
+    if int(y.min()) < 0:
+        raise LabelledDataError(f"{label}: labels must be >= 0, found {int(y.min())}")
+    return y
+
+
 # --- model files: safetensors, ONNX, INT8 ONNX ---------------------------------------------------
 
 @dataclass(frozen=True)
@@ -292,7 +347,8 @@ def evaluate_models(models: Mapping[str, str | os.PathLike[str]], data_path: str
 
 
 __all__ = [
-    "EVALUATION_LIMITS", "EVALUATION_MAX_BYTES", "EVALUATION_MAX_IMAGES", "LabelledDataError", "LoadedModel", "evaluate",
+    "EVALUATION_LIMITS", "EVALUATION_MAX_BYTES", "EVALUATION_MAX_IMAGES", "LabelledDataError", "LoadedModel",
+    "describe_evaluation_set", "evaluate",
     "evaluate_file", "evaluate_model_file", "evaluate_models", "load_for_evaluation", "predict", "read_evaluation_set",
     "read_labelled_npz", "to_model_input",
 ]

@@ -154,3 +154,27 @@ def test_an_onnx_file_without_a_card_is_refused(files, tmp_path, capsys):
     (tmp_path / "junk.onnx").write_bytes(b"\x00not a model")
     assert main(["evaluate", str(tmp_path / "junk.onnx"), str(tmp_path / "d.npz")]) == 2
     assert "junk.onnx" in capsys.readouterr().err
+
+
+def test_a_set_is_described_without_a_card_and_hostile_ones_are_refused(tmp_path):
+    from dfmscd.evaluate import describe_evaluation_set
+
+    x, y = kit.pixels(12, seed=9)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    assert describe_evaluation_set(tmp_path / "d.npz") == {
+        "kind": "npz", "images": 12, "x_shape": [1, 8, 8], "dtype": "uint8",
+        "labels": {"min": int(y.min()), "max": int(y.max())}}
+    archive = _tar(tmp_path / "d.tar.gz", _class_folders(x, y, kit.CLASS_NAMES))
+    described = describe_evaluation_set(archive)
+    assert described["kind"] == "archive" and described["images"] == 12 and described["image_size"] == [8, 8]
+    assert described["channels"] == 1 and described["subset"] == "test"
+    assert set(described["classes"]) <= set(kit.CLASS_NAMES)
+    np.savez(tmp_path / "neg.npz", x=x, y=-np.ones(12, np.int64))
+    assert "labels must be >= 0" in _error(lambda: describe_evaluation_set(tmp_path / "neg.npz"))
+    np.savez(tmp_path / "flat.npz", x=np.zeros((4, 64), np.uint8), y=np.zeros(4, np.int64))
+    assert "N x C x H x W" in _error(lambda: describe_evaluation_set(tmp_path / "flat.npz"))
+    img = _png(np.zeros((8, 8), np.uint8))
+    assert "'..'" in _error(lambda: describe_evaluation_set(_tar(tmp_path / "up.tar.gz", {"a/x.png": img, "../y.png": img})))
+    assert "links" in _error(lambda: describe_evaluation_set(
+        _tar(tmp_path / "ln.tar.gz", {"a/x.png": img}, links={"b/p.png": "/etc/passwd"})))
+    assert "limit" in _error(lambda: describe_evaluation_set(tmp_path / "d.npz", ArchiveLimits(max_images=3)))

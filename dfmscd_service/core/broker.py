@@ -23,6 +23,7 @@ from dfmscd_service.core.settings import Settings, get_settings
 log = logging.getLogger("dfmscd.queue")
 
 TASK_NAME = "dfmscd.distill"
+EVALUATE_TASK_NAME = "dfmscd.evaluate"  # a finished job on a labelled set (worker/evaluator.py), same queue
 TASKS_MODULE = "dfmscd_service.worker.tasks"  # named, not imported: the API never loads the worker
 _RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
@@ -66,7 +67,7 @@ def make_celery(settings: Settings) -> Celery:
     embedded = is_sqla_url(broker)
     app.conf.update(
         task_default_queue=settings.queue_name,
-        task_routes={TASK_NAME: {"queue": settings.queue_name}},
+        task_routes={TASK_NAME: {"queue": settings.queue_name}, EVALUATE_TASK_NAME: {"queue": settings.queue_name}},
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -99,16 +100,23 @@ def get_celery_app(settings: Settings | None = None) -> Celery:
         return _apps[key]
 
 
-def enqueue_job(job_id: str) -> None:
-    """Publish one ``dfmscd.distill`` message; ``BrokerUnavailable`` if the broker cannot take it."""
+def _send(task: str, ident: str) -> None:
     app = get_celery_app()
     try:
-        app.send_task(
-            TASK_NAME, args=[job_id], queue=app.conf.task_default_queue, retry=True, retry_policy=_RETRY
-        )
+        app.send_task(task, args=[ident], queue=app.conf.task_default_queue, retry=True, retry_policy=_RETRY)
     except Exception as exc:  # kombu raises many types (OperationalError, ConnectionError, ...)
-        log.warning("could not enqueue job %s: %s", job_id, exc)
+        log.warning("could not enqueue %s %s: %s", task, ident, exc)
         raise BrokerUnavailable(str(exc)) from exc
+
+
+def enqueue_job(job_id: str) -> None:
+    """Publish one ``dfmscd.distill`` message; ``BrokerUnavailable`` if the broker cannot take it."""
+    _send(TASK_NAME, job_id)
+
+
+def enqueue_evaluation(evaluation_id: str) -> None:
+    """Publish one ``dfmscd.evaluate`` message; ``BrokerUnavailable`` if the broker cannot take it."""
+    _send(EVALUATE_TASK_NAME, evaluation_id)
 
 
 def ping_broker(timeout: float = 2.0) -> None:

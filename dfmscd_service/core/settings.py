@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     s3_max_attempts: int = Field(3, ge=1, le=20, description="tries per S3 request (botocore standard retries)")
 
     max_upload_bytes: int = Field(2 * GiB, ge=1)
+    # An evaluation set's file (its pixels are capped apart: 200 MB and 100,000 images, dfmscd.evaluate).
+    max_evaluation_set_bytes: int = Field(200 * 10**6, ge=1)
     max_card_bytes: int = Field(64 * 1024, ge=256)
     max_students: int = Field(16, ge=1, le=64)
     max_metadata_bytes: int = Field(16 * 1024, ge=2)
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     )
     cancel_poll_seconds: float = Field(0.5, ge=0)
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads in the worker; 0 = torch default")
+    # The student report at a job's end times every file at batch 1 and 64 (median of this many
+    # runs after one warm-up); 0 leaves latency out. Small: it runs after the budget, on the worker.
+    export_latency_repeats: int = Field(3, ge=0, le=100)
     preload_torch: bool = Field(
         True, description="import torch and the engine in the worker's main process (never CUDA) so each job's child starts fast"
     )

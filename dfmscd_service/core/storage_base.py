@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from dfmscd.formats import MODEL_FORMATS
+
 CHUNK = 1024 * 1024
 
 
@@ -73,7 +75,31 @@ def teacher_key(teacher_id: str, file_format: str) -> str:
 
 
 def student_key(job_id: str, name: str, token: str) -> str:
-    return f"jobs/{job_id}/students/{name}.{token}.safetensors"
+    return student_file_key(job_id, name, "safetensors", token)
+
+
+def student_file_key(job_id: str, name: str, fmt: str, token: str) -> str:
+    """A student's file in one format, as the worker stores it at the job's end (``token``: the attempt)."""
+    return f"jobs/{job_id}/students/{name}.{token}{MODEL_FORMATS[fmt].suffix}"
+
+
+def calibration_key(job_id: str, token: str) -> str:
+    """The job's INT8 calibration sample (uint8 N x C x H x W, array ``x`` of an .npz)."""
+    return f"jobs/{job_id}/calibration.{token}.npz"
+
+
+def job_prefix(job_id: str) -> str:
+    """Everything a job stored (students, exports, samples, calibration, checkpoint)."""
+    return f"jobs/{job_id}"
+
+
+def evaluation_set_prefix(set_id: str) -> str:
+    return f"evaluation-sets/{set_id}"
+
+
+def evaluation_set_key(set_id: str, file_format: str) -> str:
+    """``file_format``: npz, tar, tar.gz or zip (the suffix the readers go by)."""
+    return f"{evaluation_set_prefix(set_id)}/data.{file_format}"
 
 
 def samples_key(job_id: str, token: str) -> str:

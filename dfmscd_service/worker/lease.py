@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
-from dfmscd_service.core.models import Job, JobStatus, JobStudent, utcnow
+from dfmscd_service.core.models import Evaluation, Job, JobStatus, JobStudent, utcnow
 from dfmscd_service.core.webhooks import record_job_event
 
 
@@ -116,6 +116,67 @@ def mark_enqueued(session: Session, job_id: str, now: datetime, condition) -> bo
     """Stamp ``enqueued_at`` if ``condition`` still holds (so two sweepers send one message)."""
     res = session.execute(
         update(Job).where(Job.id == job_id, condition).values(enqueued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+# --- evaluations: the same rules for the dfmscd.evaluate task ---------------------------------
+def _evaluation_expired(now: datetime):  # type: ignore[no-untyped-def]
+    return or_(Evaluation.lease_expires_at.is_(None), Evaluation.lease_expires_at < now)
+
+
+def claim_evaluation(session: Session, evaluation_id: str, owner: str, lease_seconds: float) -> bool:
+    """queued → running, or take over a running evaluation whose lease expired."""
+    now = utcnow()
+    res = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id,
+               or_(Evaluation.status == JobStatus.QUEUED,
+                   and_(Evaluation.status == JobStatus.RUNNING, _evaluation_expired(now))))
+        .values(status=JobStatus.RUNNING, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Evaluation.attempts + 1,
+                started_at=case((Evaluation.started_at.is_(None), now), else_=Evaluation.started_at))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def renew_evaluation(session: Session, evaluation_id: str, owner: str, lease_seconds: float) -> bool:
+    res = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.lease_owner == owner, Evaluation.status == JobStatus.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def evaluations_to_resend(session: Session, now: datetime, stale_before: datetime) -> list[str]:
+    """Running evaluations whose lease ran out and queued ones sent long ago, not re-sent since."""
+    rows = session.scalars(
+        select(Evaluation.id).where(or_(
+            and_(Evaluation.status == JobStatus.RUNNING, Evaluation.lease_expires_at < now,
+                 or_(Evaluation.enqueued_at.is_(None), Evaluation.enqueued_at < Evaluation.lease_expires_at)),
+            and_(Evaluation.status == JobStatus.QUEUED,
+                 or_(Evaluation.enqueued_at.is_(None), Evaluation.enqueued_at < stale_before)),
+        ))
+    )
+    return list(rows)
+
+
+def mark_evaluation_enqueued(session: Session, evaluation_id: str, now: datetime, stale_before: datetime) -> bool:
+    """Stamp ``enqueued_at`` if it still needs sending (so two sweepers send one message)."""
+    res = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, or_(
+            and_(Evaluation.status == JobStatus.RUNNING, Evaluation.lease_expires_at < now,
+                 or_(Evaluation.enqueued_at.is_(None), Evaluation.enqueued_at < Evaluation.lease_expires_at)),
+            and_(Evaluation.status == JobStatus.QUEUED,
+                 or_(Evaluation.enqueued_at.is_(None), Evaluation.enqueued_at < stale_before))))
+        .values(enqueued_at=now)
         .execution_options(synchronize_session=False)
     )
     return res.rowcount == 1  # type: ignore[attr-defined]

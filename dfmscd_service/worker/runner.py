@@ -16,13 +16,14 @@ import threading
 import time
 import uuid
 from collections import deque
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,10 +31,21 @@ from dfmscd.config import Budget, DistillConfig
 from dfmscd.engine import Distiller, StudentSpec
 from dfmscd.errors import CardError, CheckpointError, ConfigError, DfmscdError
 from dfmscd.io import ModelCard, load_teacher
+from dfmscd.formats import MODEL_FORMATS
 from dfmscd.outputs import run_outputs
 from dfmscd_service.core.db import session_factory
 from dfmscd_service.core.measured_costs import architecture_key, merge_warnings
-from dfmscd_service.core.models import Job, JobStatus, JobStudent, Teacher, utcnow
+from dfmscd_service.core.models import (
+    Evaluation,
+    EvaluationSet,
+    Job,
+    JobStatus,
+    JobStudent,
+    StudentFile,
+    Teacher,
+    new_id,
+    utcnow,
+)
 from dfmscd_service.core.settings import Settings, get_settings
 from dfmscd_service.core.storage import get_storage
 from dfmscd_service.core.storage_base import (
@@ -46,6 +58,7 @@ from dfmscd_service.core.storage_base import (
 )
 from dfmscd_service.core.webhooks import record_job_event
 from dfmscd_service.worker.checkpoint_mirror import CheckpointMirror, discard_stored_checkpoint
+from dfmscd_service.worker.deliverables import Deliverables, deliver
 from dfmscd_service.worker.faults import ENV_VAR as FAULT_ENV_VAR
 from dfmscd_service.worker.faults import fault_callback, pause_callback
 from dfmscd_service.worker.lease import claim, new_lease_owner, renew, still_owner
@@ -180,8 +193,11 @@ class JobRun:
 
     # --- outcome writes (all conditional on the lease) ---
     def _finish(self, status: str, students: dict[str, dict[str, Any]], add_warnings: Sequence[str] = (),
+                files: dict[str, list[dict[str, Any]]] | None = None, evaluation: dict[str, Any] | None = None,
                 **job_values: Any) -> None:
-        """The outcome in one transaction under the lease; ``add_warnings`` join the job's warnings."""
+        """The outcome in one transaction under the lease; ``add_warnings`` join the job's warnings,
+        ``files`` (student -> ``StudentFile`` values) replace the students' files, ``evaluation``
+        (``Evaluation`` values) is the job-end evaluation."""
         def tx() -> None:
             with self.sessions() as s:
                 now = utcnow()
@@ -200,6 +216,13 @@ class JobRun:
                 for name, values in students.items():
                     s.execute(update(JobStudent).where(JobStudent.job_id == self.job_id, JobStudent.name == name)
                               .values(**values))
+                for name, rows in (files or {}).items():
+                    student_id = s.scalar(select(JobStudent.id).where(JobStudent.job_id == self.job_id,
+                                                                      JobStudent.name == name))
+                    s.execute(delete(StudentFile).where(StudentFile.student_id == student_id))
+                    s.add_all([StudentFile(student_id=student_id, created_at=now, **row) for row in rows])
+                if evaluation is not None:
+                    s.add(Evaluation(job_id=self.job_id, created_at=now, started_at=now, finished_at=now, **evaluation))
                 record_job_event(s, self.job_id, f"job.{status}")  # the outbox: same transaction
                 s.commit()
 
@@ -245,6 +268,9 @@ class JobRun:
             budget = Budget.model_validate(job.budget)
             status_at_start = job.status
             metadata = dict(job.job_metadata or {})
+            owner_id = job.owner_id
+            evaluation_set = s.get(EvaluationSet, job.evaluation_set_id) if job.evaluation_set_id else None
+            named_set = job.evaluation_set_id
         if teacher is None:
             raise JobFailure("teacher_missing", "the job's teacher was deleted")
         card = ModelCard.model_validate(teacher.card)
@@ -282,24 +308,37 @@ class JobRun:
         students: dict[str, dict[str, Any]] = {}
         report_students = (result.report or {}).get("students", {})
         outputs = run_outputs(result, card)  # the CLI writes the same files into its folder
-        for output in (o for o in outputs if o.kind == "student"):
-            name = output.student
-            key = student_key(self.job_id, name, self.token)
-            student_card = result.cards[name]
-            stored = self.storage.write(key, output.write)
-            self.written.append(key)
+        for name in result.students:
             info = report_students.get(name, {})
             students[name] = {
                 "status": JobStatus.SUCCEEDED if not partial else JobStatus.CANCELLED,
                 "partial": partial,
-                "storage_key": stored.key,
-                "sha256": stored.sha256,
-                "size_bytes": stored.size_bytes,
-                "card": student_card.model_dump(mode="json", exclude_none=True),
+                "card": result.cards[name].model_dump(mode="json", exclude_none=True),
                 "parameters": info.get("params"),
                 "metrics": {k: v for k, v in info.items()
                             if k in ("final_loss", "teacher_agreement", "kd_ms_per_step", "kd_updates", "flag")},
             }
+        delivered: Deliverables | None = None
+        if partial:  # a cancelled run keeps its students' weights only (other formats: made on download)
+            for output in (o for o in outputs if o.kind == "student"):
+                stored = self.storage.write(student_key(self.job_id, output.student, self.token), output.write)
+                self.written.append(stored.key)
+                students[output.student].update(storage_key=stored.key, sha256=stored.sha256, size_bytes=stored.size_bytes)
+        else:  # every format, verified, reported, evaluated: after the budget (deliverables.py)
+            recorder.log("exporting every student to " + ", ".join(MODEL_FORMATS))
+            with ExitStack() as stack:
+                local_set = None
+                if evaluation_set is not None:
+                    local_set = (stack.enter_context(local_copy(
+                        self.storage, evaluation_set.storage_key, job_dir, "." + evaluation_set.file_format)),
+                        evaluation_set.filename or evaluation_set.storage_key.rsplit("/", 1)[-1])
+                delivered = deliver(result, card, teacher_model, self.storage, self.job_id, self.token, job_dir,
+                                    self.settings.export_latency_repeats, self.written, local_set)
+            for name, stored in delivered.weights.items():
+                students[name].update(storage_key=stored.key, sha256=stored.sha256, size_bytes=stored.size_bytes,
+                                      report=_jsonable({**delivered.report_context, **delivered.reports[name]}))
+            recorder.log(f"exported and verified {sum(len(r) for r in delivered.files.values())} file(s) in "
+                         f"{delivered.export_s:.1f} s", export_s=delivered.export_s)
         samples_values: dict[str, Any] = {}
         for output in (o for o in outputs if o.kind == "samples"):
             skey = samples_key(self.job_id, self.token)
@@ -314,13 +353,32 @@ class JobRun:
                 cancel_seen_after_s=round(should_cancel.seen_after_s or 0.0, 3),
             )
         recorder.log(f"job {final_status}", status=final_status)
-        values: dict[str, Any] = {"report": _jsonable(result.report), **samples_values}
+        report = _jsonable(result.report) or {}
+        values: dict[str, Any] = {"report": report, **samples_values}
         if not partial:
             values["progress"] = 1.0
         # Nothing fails silently: the budget advice, each student's low agreement with the teacher
-        # and the classes that never reached the pool join the job's warnings.
-        report_warnings = [w for w in (result.report or {}).get("warnings") or [] if isinstance(w, str)]
-        self._finish(final_status, students, add_warnings=report_warnings, **values)
+        # and the classes that never reached the pool join the job's warnings; so do refused and
+        # flagged files and an evaluation set that could not be used.
+        report_warnings = [w for w in report.get("warnings") or [] if isinstance(w, str)]
+        evaluation: dict[str, Any] | None = None
+        if delivered is not None:
+            report.setdefault("timings", {})["export_s"] = delivered.export_s
+            report["exports"] = _jsonable(delivered.summary())
+            report_warnings += delivered.warnings
+            if delivered.calibration is not None:
+                values.update(calibration_key=delivered.calibration.key, calibration_sha256=delivered.calibration.sha256,
+                              calibration_size_bytes=delivered.calibration.size_bytes)
+            if delivered.evaluation is not None and evaluation_set is not None:
+                evaluation = {"id": new_id("evl"), "owner_id": owner_id, "evaluation_set_id": evaluation_set.id,
+                              "source": "job_end", "attempts": 1, **_jsonable(delivered.evaluation)}
+                if delivered.evaluation["status"] != "succeeded":
+                    report_warnings.append(f"the evaluation on set {evaluation_set.id!r} failed: "
+                                           f"{delivered.evaluation['error_message']}")
+            elif named_set is not None and evaluation_set is None:
+                report_warnings.append(f"evaluation set {named_set!r} was deleted before the job ended; not evaluated")
+        self._finish(final_status, students, add_warnings=report_warnings,
+                     files=delivered.files if delivered is not None else None, evaluation=evaluation, **values)
         return final_status
 
 

@@ -13,17 +13,23 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_
 
-from dfmscd_service.core.broker import enqueue_job, purge_delivered_messages
+from dfmscd_service.core.broker import enqueue_evaluation, enqueue_job, purge_delivered_messages
 from dfmscd_service.core.db import session_factory
 from dfmscd_service.core.models import Job, JobStatus, utcnow
 from dfmscd_service.core.settings import get_settings
-from dfmscd_service.worker.lease import mark_enqueued, orphaned_job_ids, stale_queued_job_ids
+from dfmscd_service.worker.lease import (
+    evaluations_to_resend,
+    mark_enqueued,
+    mark_evaluation_enqueued,
+    orphaned_job_ids,
+    stale_queued_job_ids,
+)
 
 log = logging.getLogger("dfmscd.worker")
 
 
 def sweep_once() -> list[str]:
-    """Re-send orphaned and long-queued jobs; returns the ids sent."""
+    """Re-send orphaned and long-queued jobs and evaluations; returns the ids sent."""
     settings = get_settings()
     now = utcnow()
     sent: list[str] = []
@@ -50,6 +56,19 @@ def sweep_once() -> list[str]:
             session.commit()
             sent.append(job_id)
             log.info("sweep: re-sent job %s", job_id)
+        for evaluation_id in evaluations_to_resend(session, now, stale_before):
+            if not mark_evaluation_enqueued(session, evaluation_id, now, stale_before):
+                session.rollback()
+                continue
+            try:
+                enqueue_evaluation(evaluation_id)
+            except Exception as exc:  # noqa: BLE001 - broker down: try again next sweep
+                session.rollback()
+                log.warning("sweep: could not re-send evaluation %s: %s", evaluation_id, exc)
+                continue
+            session.commit()
+            sent.append(evaluation_id)
+            log.info("sweep: re-sent evaluation %s", evaluation_id)
     return sent
 
 

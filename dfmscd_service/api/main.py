@@ -19,7 +19,17 @@ from dfmscd_service.api.http.body_limit import BodySizeLimitMiddleware
 from dfmscd_service.api.http.errors import CatchAllMiddleware, install_error_handlers
 from dfmscd_service.api.reads import read_threads
 from dfmscd_service.api.reads.fast_reads import FastReads
-from dfmscd_service.api.routes import architectures, downloads, events, health, jobs, teachers, webhooks
+from dfmscd_service.api.routes import (
+    architectures,
+    downloads,
+    evaluation_sets,
+    evaluations,
+    events,
+    health,
+    jobs,
+    teachers,
+    webhooks,
+)
 from dfmscd_service.api.services import torch_pool
 from dfmscd_service.core.settings import get_settings
 from dfmscd_service.core.startup import prepare
@@ -28,7 +38,8 @@ log = logging.getLogger("dfmscd.api")
 
 DESCRIPTION = """Distill one trained image classifier (the teacher) into several smaller students at
 once, without the teacher's training data (DF-MSCD). Upload a teacher, create a job, follow its
-events, download the students. Every endpoint but the health probes needs
+events, download the students (safetensors, ONNX, TorchScript, INT8 ONNX; each verified), read their
+report, and evaluate them on labelled images of your own (reporting only). Every endpoint but the health probes needs
 `Authorization: Bearer <api key>`; errors answer `{"error": {"code", "message"}}`."""
 
 
@@ -91,7 +102,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=get_settings().max_json_body_bytes)
     app.add_middleware(CatchAllMiddleware)
-    for module in (health, teachers, jobs, events, downloads, architectures, webhooks):
+    for module in (health, teachers, jobs, events, downloads, evaluation_sets, evaluations, architectures, webhooks):
         app.include_router(module.router)
     mount_dashboard(app)  # last: `/` and `/static` only, never in front of an API route
     return app

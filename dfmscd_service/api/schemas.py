@@ -71,12 +71,78 @@ class JobCreate(BaseModel):
                           "a bare number is refused (seconds or epochs?); default: the preset's epochs")
     seed: int | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    evaluation_set_id: str | None = Field(None, max_length=64, description="an uploaded evaluation set: the teacher "
+                                          "and every student are evaluated on it when the job ends (reporting only)")
+
+
+class StudentFileOut(BaseModel):
+    format: str
+    status: Literal["verified", "flagged", "refused"] = Field(
+        description="verified; flagged (an INT8 file below its agreement threshold: served, marked); refused (a "
+                    "float file that failed verification: never served, `error` says why)")
+    size_bytes: int | None
+    sha256: str | None
+    verification: dict[str, Any] | None = Field(description="top1_agreement, max_abs_logit_diff, min_agreement, "
+                                                "images, images_source, ... (dfmscd.io.verify)")
+    error: str | None
+    download_url: str | None
 
 
 class StudentDetail(StudentOut):
     job_id: str
     card: dict[str, Any] | None
-    formats: list[str]
+    formats: list[str] = Field(description="the formats that can be downloaded now")
+    files: list[StudentFileOut] = Field(default_factory=list, description="the files the worker exported and "
+                                        "verified when the job succeeded (empty for jobs that ended before it did)")
+
+
+class StudentReportOut(BaseModel):
+    job_id: str
+    student: str
+    report: dict[str, Any] | None = Field(description="dfmscd.student_report: parameters, macs, flops, formats "
+                                          "(size, sha256, verification, teacher_agreement, latency_ms at batch 1 and "
+                                          "64), teacher_agreement, cpu (model, isa), thresholds; null for a job that "
+                                          "ended before reports were made")
+    files: list[StudentFileOut]
+    evaluations: list[dict[str, Any]] = Field(default_factory=list, description="this student's accuracy on each "
+                                              "evaluation set the job was evaluated on (newest first): "
+                                              "evaluation_id, evaluation_set_id, data, teacher_accuracy, accuracy "
+                                              "{pytorch, <format>...}")
+
+
+# --- evaluation sets and evaluations ---
+class EvaluationSetOut(BaseModel):
+    id: str
+    sha256: str
+    size_bytes: int
+    file_format: str = Field(description="npz, tar, tar.gz or zip")
+    filename: str | None
+    summary: dict[str, Any] = Field(description="images, and x_shape (npz) or image_size, channels and classes "
+                                    "(archives), labels {min, max}")
+    created_at: datetime
+
+
+class EvaluationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evaluation_set_id: str = Field(min_length=1, max_length=64)
+
+
+class EvaluationOut(BaseModel):
+    id: str
+    job_id: str
+    evaluation_set_id: str
+    source: Literal["job_end", "request"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    results: dict[str, Any] | None = Field(description="data {file, n}, teacher {architecture, accuracy} | null, "
+                                           "students {name: {architecture, accuracy {pytorch, <format>...}}}")
+    error: ErrorDetail | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class EvaluationList(BaseModel):
+    data: list[EvaluationOut]
 
 
 class EventOut(BaseModel):

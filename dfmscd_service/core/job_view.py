@@ -59,6 +59,8 @@ class JobOut(BaseModel):
     advice: dict[str, Any] | None = Field(None, description="what a seconds budget buys (None for an epochs budget): "
                                           "basis history|run|unmeasured, source, device, measured_at, message, "
                                           "below_floor, and epochs, kd_updates per student, min_budget_s, ... when measured")
+    evaluation_set_id: str | None = Field(None, description="the evaluation set named at creation (evaluated when "
+                                          "the job ends: GET /v1/jobs/{id}/evaluations)")
 
 
 def _weights_url(job_id: str, s: JobStudent) -> str | None:
@@ -106,4 +108,5 @@ def job_out(job: Job) -> JobOut:
         finished_at=job.finished_at,
         warnings=list(job.warnings or []),
         advice=job.advice,
+        evaluation_set_id=job.evaluation_set_id,
     )

@@ -281,3 +281,57 @@ def assert_error(r: Any, status: int, code: str | None = None, contains: str | N
     if contains is not None:
         assert contains in body["error"]["message"], body
     return body["error"]
+
+
+# --------------------------------------------------------------------------- evaluation sets
+def evaluation_images(n: int, seed: int = 0, side: int = 8) -> tuple[Any, Any]:
+    """uint8 N x 1 x side x side pixels and labels in [0, 10) (CARD's classes), from a fixed seed."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 1, side, side), dtype=np.uint8), rng.integers(0, 10, size=n)
+
+
+def write_evaluation_npz(path: Path, n: int = 40, seed: int = 0, **arrays: Any) -> Path:
+    """A labelled .npz (``x``, ``y``) for CARD; ``arrays`` replace either."""
+    import numpy as np
+
+    x, y = evaluation_images(n, seed)
+    np.savez(path, **{"x": x, "y": y, **arrays})
+    return path
+
+
+def write_evaluation_archive(path: Path, n: int = 40, seed: int = 0, members: dict[str, bytes] | None = None,
+                             links: dict[str, str] | None = None) -> Path:
+    """The images of ``write_evaluation_npz(n, seed)`` as a class-folder .tar.gz (``test/<label>/<i>.png``),
+    plus raw ``members`` and symbolic ``links`` (name -> target) for hostile cases."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    x, y = evaluation_images(n, seed)
+    files: dict[str, bytes] = {}
+    for i, (img, label) in enumerate(zip(x, y)):
+        buffer = io.BytesIO()
+        Image.fromarray(img[0]).save(buffer, format="PNG")
+        files[f"test/{int(label)}/{i:04d}.png"] = buffer.getvalue()
+    files.update(members or {})
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return path
+
+
+def upload_evaluation_set(client: Any, headers: dict[str, str], path: Path, teacher_id: str | None = None,
+                          filename: str | None = None) -> Any:
+    with open(path, "rb") as fh:
+        return client.post("/v1/evaluation-sets", headers=headers,
+                           files={"file": (filename or path.name, fh, "application/octet-stream")},
+                           data={"teacher_id": teacher_id} if teacher_id else None)

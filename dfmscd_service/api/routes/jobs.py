@@ -1,18 +1,18 @@
-"""Jobs: create (validated up front, idempotent), list, read, cancel."""
+"""Jobs: create (validated up front, idempotent), list, read, cancel, delete."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy import update
 
-from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_job
+from dfmscd_service.api.deps import BearerCredentials, CurrentKey, SessionDep, get_owned_job, require_json
 from dfmscd_service.api.http.errors import ApiError
 from dfmscd_service.api.http.pagination import PageParams, page_params
 from dfmscd_service.api.http.routing import SessionReleasingRoute
 from dfmscd_service.api.reads import job_reads
 from dfmscd_service.api.reads.fast_reads import fast_reads
 from dfmscd_service.api.schemas import ErrorBody, JobCreate, JobOut, Page
-from dfmscd_service.api.services import job_service
+from dfmscd_service.api.services import evaluations, job_service
 from dfmscd_service.api.views import job_out
 from dfmscd_service.core.models import JOB_STATUSES, Job, JobStatus, JobStudent, utcnow
 from dfmscd_service.core.webhooks import record_job_event
@@ -26,14 +26,6 @@ _CREATE_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 409, 413, 415
 
 def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
-
-
-def require_json(request: Request) -> None:
-    """415 for a body that is not JSON (FastAPI would only say 'Input should be a valid dictionary')."""
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-        raise ApiError(415, "unsupported_media_type",
-                       f"send the job as JSON with 'Content-Type: application/json' (got {media or 'no content type'!r})")
 
 
 @router.post("", status_code=202, response_model=JobOut, responses=_CREATE_ERRORS)
@@ -108,3 +100,11 @@ def cancel_job(
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise ApiError(409, "job_finished", f"job {job_id!r} already {job.status}")
     return job_out(job)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_ERRORS)
+def delete_job(job_id: str, principal: CurrentKey, session: SessionDep) -> Response:
+    """Delete a finished job and everything it stored (students in every format, samples, calibration
+    sample, evaluations); 409 while it is queued or running (cancel it first)."""
+    evaluations.delete_job(session, get_owned_job(session, principal, job_id))
+    return Response(status_code=204)

@@ -40,7 +40,10 @@ class JobPlan:
 
 
 def request_hash(body: JobCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = body.model_dump(mode="json")
+    if data.get("evaluation_set_id") is None:  # a body without it hashes as it did before the field existed
+        data.pop("evaluation_set_id", None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

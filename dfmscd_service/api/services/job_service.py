@@ -4,7 +4,8 @@ Same ``Idempotency-Key`` and same body give the same job, also when two such req
 the concurrency limit is checked under the owner's lock; the message goes to the broker only
 after the row is committed, and a job the broker refused is marked failed, never left queued.
 A seconds budget gets its advice (``job_advice``) from the costs workers measured before; a
-budget below what the students need is a warning on the job, never a refusal.
+budget below what the students need is a warning on the job, never a refusal. A named evaluation
+set must fit the teacher's card (``evaluation_sets.check_fits``); the worker evaluates on it at the end.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from sqlalchemy.orm import Session
 
 from dfmscd.io.card import ModelCard
 from dfmscd_service.api.auth import Principal, lock_owner
-from dfmscd_service.api.deps import get_owned_teacher
+from dfmscd_service.api.deps import get_owned_evaluation_set, get_owned_teacher
 from dfmscd_service.api.http.errors import ApiError
 from dfmscd_service.api.schemas import JobCreate
+from dfmscd_service.api.services.evaluation_sets import check_fits
 from dfmscd_service.api.services.job_advice import budget_advice
 from dfmscd_service.api.services.job_requests import JobPlan, plan_job, request_hash
 from dfmscd_service.core.broker import BrokerUnavailable, enqueue_job
@@ -72,6 +74,7 @@ def _new_job(principal: Principal, teacher: Teacher, body: JobCreate, plan: JobP
         enqueued_at=utcnow(),
         warnings=plan.warnings or None,
         advice=advice,
+        evaluation_set_id=body.evaluation_set_id,
     )
     job.students = [
         JobStudent(
@@ -104,6 +107,8 @@ def create_job(session: Session, principal: Principal, body: JobCreate, idempote
         raise ApiError(404, "not_found", f"teacher {body.teacher_id!r} not found") from None
     settings = get_settings()
     plan = plan_job(body, teacher, settings)
+    if body.evaluation_set_id is not None:  # read in the torch pool: 422 unless it fits the teacher's card
+        check_fits(session, get_owned_evaluation_set(session, principal, body.evaluation_set_id), dict(teacher.card))
     advice = budget_advice(session, plan, ModelCard.model_validate(teacher.card), settings)
     if advice is not None and advice.get("below_floor"):
         plan.warnings.append(advice["message"])

@@ -13,17 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from dfmscd.io.card import ModelCard
 from dfmscd_service.api.auth import Principal, lock_owner
 from dfmscd_service.api.http.errors import ApiError
+from dfmscd_service.api.services.quota import check_quota, precheck_quota
 from dfmscd_service.api.services.teacher_validation import check_card, sniff_format, sniff_head, validate_teacher
-from dfmscd_service.api.services.uploads import receive_upload
+from dfmscd_service.api.services.uploads import clean_filename, receive_upload, storage_unavailable
 from dfmscd_service.core.db import session_factory
-from dfmscd_service.core.models import Job, JobStudent, Teacher, new_id
+from dfmscd_service.core.models import Teacher, new_id
 from dfmscd_service.core.settings import get_settings
 from dfmscd_service.core.storage import get_storage
 from dfmscd_service.core.storage_base import (
@@ -34,40 +33,6 @@ from dfmscd_service.core.storage_base import (
     teacher_key,
     teacher_prefix,
 )
-
-
-def _clean_filename(name: str | None) -> str | None:
-    """The client's file name, for display only: no directories, no control characters."""
-    if not name:
-        return None
-    base = "".join(ch for ch in name.replace("\\", "/").rsplit("/", 1)[-1] if ch.isprintable())
-    return base[:255] or None
-
-
-def storage_used(session: Session, owner_id: str) -> int:
-    """Bytes an owner keeps in storage: teachers plus stored students."""
-    t = session.scalar(select(func.coalesce(func.sum(Teacher.size_bytes), 0)).where(Teacher.owner_id == owner_id)) or 0
-    s = session.scalar(
-        select(func.coalesce(func.sum(JobStudent.size_bytes), 0))
-        .join(Job, Job.id == JobStudent.job_id)
-        .where(Job.owner_id == owner_id)
-    ) or 0
-    return int(t) + int(s)
-
-
-def _check_quota(session: Session, owner_id: str, extra: int) -> None:
-    limit = get_settings().max_storage_bytes_per_key
-    if not limit:
-        return
-    used = storage_used(session, owner_id)
-    if used + extra > limit:
-        raise ApiError(413, "storage_quota_exceeded", f"storage quota of {limit} bytes would be exceeded ({used} used)")
-
-
-def _precheck_quota(owner_id: str, extra: int) -> None:
-    """Refuse early, before the file is stored; the binding check is the locked one in ``_insert``."""
-    with session_factory()() as session:
-        _check_quota(session, owner_id, extra)
 
 
 class _StreamedTeacher:
@@ -92,11 +57,6 @@ async def _validate_stored(storage: Storage, key: str, fmt: str, card: ModelCard
         await run_in_threadpool(copy.__exit__, None, None, None)
 
 
-def _storage_unavailable() -> ApiError:
-    return ApiError(503, "storage_unavailable", "object storage is unreachable; nothing was stored, try again later",
-                    {"Retry-After": "5"})
-
-
 async def upload_teacher(request: Request, principal: Principal) -> Teacher:
     """Receive, validate and store one teacher; returns its committed row."""
     settings = get_settings()
@@ -118,7 +78,7 @@ async def upload_teacher(request: Request, principal: Principal) -> Teacher:
             open_sink=streamed.open if streamed is not None else None,
         )
     except StorageUnavailable:
-        raise _storage_unavailable() from None
+        raise storage_unavailable() from None
     path: Path | None = upload.path
     kept = False  # a streamed upload is already stored: it stays only if its row is committed
     try:
@@ -133,12 +93,12 @@ async def upload_teacher(request: Request, principal: Principal) -> Teacher:
             os.replace(upload.path, typed)
             path = typed
             # torch loads and builds it in the torch pool, never in this process (dfmscd_service/api/services/torch_pool.py)
-            validation = await validate_teacher(typed, card, max(settings.max_upload_bytes, 1), _clean_filename(upload.filename))
+            validation = await validate_teacher(typed, card, max(settings.max_upload_bytes, 1), clean_filename(upload.filename))
         else:  # streamed to remote storage: validated from a downloaded temp copy
             assert upload.stored is not None and streamed is not None
             fmt = streamed.fmt
-            validation = await _validate_stored(storage, upload.stored.key, fmt, card, _clean_filename(upload.filename))
-        await run_in_threadpool(_precheck_quota, principal.owner_id, upload.size_bytes)
+            validation = await _validate_stored(storage, upload.stored.key, fmt, card, clean_filename(upload.filename))
+        await run_in_threadpool(precheck_quota, principal.owner_id, upload.size_bytes)
 
         key = teacher_key(teacher_id, fmt)
         if upload.stored is None:
@@ -157,7 +117,7 @@ async def upload_teacher(request: Request, principal: Principal) -> Teacher:
             file_format=fmt,
             storage_key=key,
             card=validation.card,
-            filename=_clean_filename(upload.filename),
+            filename=clean_filename(upload.filename),
             warnings=list(validation.warnings) or None,
         )
 
@@ -168,7 +128,7 @@ async def upload_teacher(request: Request, principal: Principal) -> Teacher:
                         # Simultaneous uploads all pass the early check; under the owner's lock
                         # exactly those that fit are committed (the lock ends with the commit).
                         lock_owner(session, principal.owner_id)
-                        _check_quota(session, principal.owner_id, upload.size_bytes)
+                        check_quota(session, principal.owner_id, upload.size_bytes)
                     session.add(row)
                     session.commit()
                 except BaseException:
@@ -181,7 +141,7 @@ async def upload_teacher(request: Request, principal: Principal) -> Teacher:
         kept = True
         return row
     except StorageUnavailable:
-        raise _storage_unavailable() from None
+        raise storage_unavailable() from None
     finally:
         if path is not None:
             path.unlink(missing_ok=True)

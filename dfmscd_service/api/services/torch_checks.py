@@ -171,3 +171,20 @@ def export_model(src: str, fmt: str, dest: str) -> Refusal | None:
     except DfmscdError as exc:
         return Refusal("export_failed", f"cannot export to {fmt}: {exc}")
     return None
+
+
+def check_evaluation_set(path: str, card: dict[str, Any] | None, display_name: str | None = None) -> dict[str, Any] | Refusal:
+    """What an evaluation set holds (``dfmscd.evaluate.describe_evaluation_set``: every image read,
+    hostile archives and oversized sets refused) and, with ``card``, that it fits that card (its
+    input shape, classes and label range: ``read_evaluation_set``). A refusal names the user's file."""
+    from dfmscd.evaluate import describe_evaluation_set, read_evaluation_set
+    from dfmscd.io import parse_card
+
+    try:
+        summary = describe_evaluation_set(path)
+        if card is not None:
+            x, _ = read_evaluation_set(path, parse_card(card))
+            summary["images"] = int(x.shape[0])
+    except DfmscdError as exc:
+        return Refusal("invalid_evaluation_set", _relabel(str(exc).splitlines()[0], path, display_name or "evaluation set"))
+    return summary

@@ -1,4 +1,4 @@
-"""Streaming multipart receiver for teacher uploads.
+"""Streaming multipart receiver for uploads (teachers, evaluation sets).
 
 Starlette's ``request.form()`` spools the whole body before a route runs; a 2 GiB checkpoint
 must instead go straight to a temp file, be hashed on the way, and be cut off with 413 the
@@ -39,6 +39,19 @@ class _TooLarge(Exception):
     pass
 
 
+def clean_filename(name: str | None) -> str | None:
+    """The client's file name, for display only: no directories, no control characters."""
+    if not name:
+        return None
+    base = "".join(ch for ch in name.replace("\\", "/").rsplit("/", 1)[-1] if ch.isprintable())
+    return base[:255] or None
+
+
+def storage_unavailable() -> ApiError:
+    return ApiError(503, "storage_unavailable", "object storage is unreachable; nothing was stored, try again later",
+                    {"Retry-After": "5"})
+
+
 @dataclass
 class ReceivedUpload:
     """A body that has been fully received: the file sits in ``path`` (caller deletes it), or,
@@ -48,9 +61,10 @@ class ReceivedUpload:
     sha256: str
     size_bytes: int
     filename: str | None
-    card_text: str
+    card_text: str  # "" when the upload has no card (``require_card=False``)
     extra_fields: list[str] = field(default_factory=list)
     stored: StoredObject | None = None
+    fields: dict[str, bytes] = field(default_factory=dict)  # every small field, the card included
 
 
 @dataclass
@@ -192,13 +206,17 @@ async def receive_upload(
     max_field_bytes: int,
     on_card: Callable[[bytes], Awaitable[None]] | None = None,
     open_sink: SinkOpener | None = None,
+    require_card: bool = True,
+    file_label: str = "the weights file",
 ) -> ReceivedUpload:
-    """Stream ``file`` to disk and collect the small ``card`` field; 4xx on anything wrong.
-    ``on_card`` sees the card as soon as it has arrived (before the file, if sent first), and
-    before the next chunk is read: a bad card it raises on stops the upload there."""
+    """Stream ``file`` to disk and collect the small fields (``card`` among them); 4xx on anything
+    wrong. ``on_card`` sees the card as soon as it has arrived (before the file, if sent first), and
+    before the next chunk is read: a bad card it raises on stops the upload there. Without
+    ``require_card`` a missing card is no error (``card_text`` is then empty)."""
     ctype, opts = parse_options_header(request.headers.get("content-type"))
     if ctype != b"multipart/form-data":
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with fields 'file' and 'card'")
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with fields 'file' and 'card'"
+                       if require_card else "send multipart/form-data with a field 'file'")
     boundary = opts.get(b"boundary")
     if not boundary:
         raise ApiError(400, "bad_request", "multipart/form-data without a boundary")
@@ -244,11 +262,11 @@ async def receive_upload(
         if not rx.ended:
             raise ApiError(400, "bad_request", "multipart body ended early (truncated upload)")
         if not rx.file_seen or (rx.file_path is None and rx.sink is None):
-            raise ApiError(422, "validation_error", "form field 'file' (the weights file) is required")
-        if CARD_FIELD not in rx.fields:
+            raise ApiError(422, "validation_error", f"form field 'file' ({file_label}) is required")
+        if CARD_FIELD not in rx.fields and require_card:
             raise ApiError(422, "validation_error", "form field 'card' (the model card JSON) is required")
         try:
-            card_text = rx.fields[CARD_FIELD].decode("utf-8")
+            card_text = rx.fields[CARD_FIELD].decode("utf-8") if CARD_FIELD in rx.fields else ""
         except UnicodeDecodeError:
             raise ApiError(422, "invalid_card", "model card is not UTF-8 text") from None
         stored = await run_in_threadpool(rx.sink.commit) if rx.sink is not None else None
@@ -260,6 +278,7 @@ async def receive_upload(
             filename=rx.file_name,
             card_text=card_text,
             extra_fields=sorted(set(rx.fields) - {CARD_FIELD}),
+            fields=dict(rx.fields),
         )
     except BaseException:
         if rx.sink is not None:  # aborting a multipart upload is a request: off the loop, even if cancelled

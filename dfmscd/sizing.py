@@ -141,6 +141,12 @@ def kd_steps_for_share(costs: Costs, share: float) -> int:
     return int(min(MAX_KD_STEPS, max(1, round(steps))))
 
 
+def calibrated_kd_steps(epoch_synthesis_s: float, kd_step_s: float, share: float) -> int:
+    """KD steps per epoch at ``share`` from one epoch's measured synthesis time and KD step time."""
+    steps = epoch_synthesis_s * (1.0 - share) / max(share, 1e-6) / max(kd_step_s, 1e-9)
+    return int(min(MAX_KD_STEPS, max(1, round(steps))))
+
+
 def _buys(costs: Costs, budget_s: float, share: float, warmup_share: float, names: Sequence[str]) -> tuple[Advice, int]:
     kd_steps = kd_steps_for_share(costs, share)
     train_s = max(0.0, budget_s - costs.overhead_s)
@@ -219,5 +225,5 @@ def _share_of(costs: Costs, kd_steps: int) -> float:
     return synth / max(synth + kd_steps * costs.kd_step_s, 1e-9)
 
 
-__all__ = ["Advice", "Costs", "Plan", "SIZABLE", "budget_for_floor", "costs_from", "format_seconds", "kd_steps_for_share",
+__all__ = ["Advice", "Costs", "Plan", "SIZABLE", "budget_for_floor", "calibrated_kd_steps", "costs_from", "format_seconds", "kd_steps_for_share",
            "plan_run", "shape_values"]

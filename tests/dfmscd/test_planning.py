@@ -45,3 +45,24 @@ def test_derived_fields_are_not_part_of_the_fingerprint() -> None:
     assert a == b and a["kd_steps"] == 30  # a pinned field stays in
     fixed = resolve_config("fast")
     assert derived_fields(fixed) == set() and fingerprint_config(fixed)["kd_steps"] == fixed.kd_steps
+
+
+def test_first_full_epoch_recalibrates_the_kd_steps_and_says_so() -> None:
+    from dfmscd.config import Budget
+    from dfmscd.engine import Distiller, StudentSpec
+    from synthetic_task import card, teacher
+
+    events = []
+    d = Distiller(teacher(), card(), [StudentSpec("resnet8")], resolve_config("balanced"),
+                  budget=Budget(seconds=60), callbacks=[events.append])
+    d._session_start = d._clock()
+    d._setup()
+    d.sizing = {"derived": {"kd_steps": 20}, "budget_values": {"kd_steps": 20}, "calibrate": True,
+                "advice": {"synthesis_share": 0.3}}
+    d._calibrate(synth_s=12.0, kd_s=4.0, kd_steps=10)  # 12 s of synthesis, 0.4 s a KD step: 70 steps at 0.3
+    assert d.config.kd_steps == 70 and d.st.sizing["budget_values"]["kd_steps"] == 70
+    assert d.sizing["calibrated"] == {"synthesis_s": 12.0, "kd_step_s": 0.4, "kd_steps": 70, "planned_kd_steps": 20}
+    assert not d.sizing["calibrate"]
+    sized = [e for e in events if e.kind == "sizing"]
+    assert len(sized) == 1 and sized[0].data["config"]["kd_steps"] == 70
+    assert any(e.kind == "log" and "20 -> 70" in e.data["message"] for e in events)

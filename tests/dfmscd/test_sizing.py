@@ -110,3 +110,10 @@ def test_config_rejects_bad_sizing_values() -> None:
         DistillConfig(synthesis_share=1.0)
     with pytest.raises(ValidationError):
         DistillConfig(min_kd_updates=-1)
+
+
+def test_kd_steps_calibrated_on_a_measured_epoch() -> None:
+    # an epoch synthesized for 12 s; KD steps take 0.4 s; at share 0.3 KD gets 28 s = 70 steps
+    assert sizing.calibrated_kd_steps(12.0, 0.4, 0.3) == 70
+    assert sizing.calibrated_kd_steps(0.01, 10.0, 0.9) == 1
+    assert sizing.calibrated_kd_steps(1e6, 0.01, 0.1) == sizing.MAX_KD_STEPS

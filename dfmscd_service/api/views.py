@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dfmscd.formats import CALIBRATED_FORMATS, MODEL_FORMATS
+from dfmscd.formats import CALIBRATED_FORMATS, MODEL_FORMATS, NATIVE_FORMAT
 from dfmscd_service.core.job_view import job_out, student_out
 from dfmscd_service.core.models import Evaluation, EvaluationSet, JobEvent, JobStudent, StudentFile, Teacher
 from dfmscd_service.api.schemas import (
@@ -39,7 +39,8 @@ def downloadable_formats(s: JobStudent) -> list[str]:
     """What can be downloaded now: the files the worker stored (a refused format has none); for a job
     that ended before it exported every format, its weights and the float exports made on download."""
     if s.files:
-        return [f.format for f in s.files if f.storage_key]
+        stored = [f.format for f in s.files if f.storage_key]
+        return stored if NATIVE_FORMAT in stored or not s.storage_key else [NATIVE_FORMAT, *stored]
     return [f for f in MODEL_FORMATS if f not in CALIBRATED_FORMATS] if s.storage_key else []
 
 

@@ -100,3 +100,52 @@ def test_a_file_missing_from_storage_is_404_not_500(client, auth, teacher):
         s.execute(update(JobStudent).where(JobStudent.job_id == jid).values(
             status="succeeded", storage_key=f"jobs/{jid}/students/gone.safetensors", sha256="0" * 64, size_bytes=1))
     assert_error(client.get(f"/v1/jobs/{jid}/students/resnet8/weights", headers=auth), 404, "not_found", "missing")
+
+
+@pytest.fixture(scope="module")
+def exported_job(client, auth, teacher, tmp_path_factory) -> dict:
+    """A job whose student has the worker's files: ONNX verified, TorchScript refused, INT8 flagged
+    (real files from dfmscd.deploy; the statuses written as the worker writes them)."""
+    from dfmscd.deploy import export_verified
+    from dfmscd.io import ModelCard
+    from dfmscd_service.core.models import StudentFile
+    from dfmscd_service.core.storage import get_storage
+
+    jid = client.post("/v1/jobs", headers=auth, json=job_body(teacher["id"])).json()["id"]
+    stored, module = store_results_like_the_worker(jid, teacher["card"], b"\x89PNG\r\n\x1a\nfake", seed=1)
+    card = ModelCard.model_validate(teacher["card"])
+    images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    folder = tmp_path_factory.mktemp("exports")
+    rows = []
+    for fmt, status in (("onnx", "verified"), ("onnx-int8", "flagged")):
+        f = export_verified(fmt, module, card, folder / f"resnet8.{fmt}", calibration=images, holdout=images)
+        kept = get_storage().put_file(f"jobs/{jid}/students/resnet8.t0.{fmt}", f.path)
+        rows.append(dict(format=fmt, status=status, storage_key=kept.key, sha256=kept.sha256, size_bytes=kept.size_bytes,
+                         verification={**f.verification.to_dict(), "status": status}))
+    rows.append(dict(format="torchscript", status="refused", error="torchscript export of 'resnet8': top-1 agreement "
+                     "0.5 is below 0.999"))
+    with session_scope() as s:
+        student = s.query(JobStudent).filter(JobStudent.job_id == jid).one()
+        s.add_all([StudentFile(student_id=student.id, **row) for row in rows])
+    return {"id": jid, "rows": {r["format"]: r for r in rows}}
+
+
+def test_the_workers_files_are_served_a_refused_one_never(client, auth, exported_job):
+    jid, rows = exported_job["id"], exported_job["rows"]
+    url = f"/v1/jobs/{jid}/students/resnet8/weights"
+    for fmt in ("onnx", "onnx-int8"):
+        r = client.get(url, params={"format": fmt}, headers=auth)
+        assert r.status_code == 200 and r.headers["dfmscd-verification"] == rows[fmt]["status"]
+        assert hashlib.sha256(r.content).hexdigest() == rows[fmt]["sha256"] == r.headers["etag"].strip('"')
+        part = client.get(url, params={"format": fmt}, headers={**auth, "Range": "bytes=0-9"})
+        assert part.status_code == 206 and part.content == r.content[:10]
+        assert client.get(url, params={"format": fmt}, headers={**auth, "If-None-Match": r.headers["etag"]}).status_code == 304
+    err = assert_error(client.get(url, params={"format": "torchscript"}, headers=auth), 422, "export_refused")
+    assert "failed verification" in err["message"] and "below 0.999" in err["message"]
+    detail = client.get(f"/v1/jobs/{jid}/students/resnet8", headers=auth).json()
+    assert detail["formats"] == ["safetensors", "onnx", "onnx-int8"]  # torchscript never
+    files = {f["format"]: f for f in detail["files"]}
+    assert files["torchscript"]["download_url"] is None and files["torchscript"]["status"] == "refused"
+    assert files["onnx-int8"]["status"] == "flagged" and files["onnx-int8"]["download_url"].endswith("format=onnx-int8")
+    with session_scope() as s:  # nothing was exported on download for it
+        assert s.query(JobStudent.exports).filter(JobStudent.job_id == jid).scalar() == {}

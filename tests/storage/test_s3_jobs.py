@@ -21,7 +21,16 @@ from pathlib import Path
 import pytest
 import torch
 from s3_kit import MotoServer, object_names, open_uploads
-from service_kit import TINY_HYPERPARAMETERS, assert_error, job_body, make_key, upload_teacher, wait_for
+from service_kit import (
+    TINY_HYPERPARAMETERS,
+    assert_error,
+    job_body,
+    make_key,
+    upload_evaluation_set,
+    upload_teacher,
+    wait_for,
+    write_evaluation_npz,
+)
 from worker_kit import WorkerProcess
 
 from dfmscd.io import load_model
@@ -123,8 +132,14 @@ def _wait_checkpoint_recorded(client, auth, jid):
 
 
 def test_job_with_s3_storage_on_a_worker_with_an_empty_private_data_dir(client, stack, s3_teacher, tmp_path):
-    jid = client.post("/v1/jobs", headers=stack.auth, json=job_body(s3_teacher["id"], preset="fast",
-                                                                    budget={"epochs": 2})).json()["id"]
+    # An evaluation set streamed into the bucket, evaluated by the worker from it at the job's end.
+    evaluation_set = upload_evaluation_set(client, stack.auth, write_evaluation_npz(tmp_path / "test.npz", n=20),
+                                           s3_teacher["id"])
+    assert evaluation_set.status_code == 201, evaluation_set.text
+    set_id = evaluation_set.json()["id"]
+    assert stack.objects(f"evaluation-sets/{set_id}/") == [f"evaluation-sets/{set_id}/data.npz"]
+    jid = client.post("/v1/jobs", headers=stack.auth, json=job_body(s3_teacher["id"], preset="fast", budget={"epochs": 2},
+                                                                    evaluation_set_id=set_id)).json()["id"]
     job = _wait_finished(client, stack.auth, jid)
     assert job["status"] == "succeeded", (job["error"], stack.worker.log())
     assert job["epoch"] == 2 and job["attempts"] == 1
@@ -138,11 +153,26 @@ def test_job_with_s3_storage_on_a_worker_with_an_empty_private_data_dir(client, 
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     # results live in the bucket; the checkpoint was removed with the job's scratch
     names = stack.objects(f"jobs/{jid}/")
-    assert any(n.startswith(f"jobs/{jid}/students/") for n in names) and f"jobs/{jid}/checkpoint.pt" not in names
+    assert f"jobs/{jid}/checkpoint.pt" not in names
+    stored = {n.rsplit("/", 1)[-1].split(".", 2)[-1] for n in names if n.startswith(f"jobs/{jid}/students/")}
+    assert stored == {"safetensors", "onnx", "torchscript.pt", "int8.onnx"}  # every format, in the bucket
+    assert len([n for n in names if n.startswith(f"jobs/{jid}/calibration.") and n.endswith(".npz")]) == 1
+    detail = client.get(f"/v1/jobs/{jid}/students/{student['name']}", headers=stack.auth).json()
+    for f in detail["files"]:
+        got = client.get(f["download_url"], headers=stack.auth)
+        assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == f["sha256"], f["format"]
+    [evaluation] = client.get(f"/v1/jobs/{jid}/evaluations", headers=stack.auth).json()["data"]
+    assert evaluation["status"] == "succeeded", evaluation
+    assert set(evaluation["results"]["students"][student["name"]]["accuracy"]) == {
+        "pytorch", "safetensors", "onnx", "torchscript", "onnx-int8"}
     assert open_uploads(stack.s3, stack.bucket, stack.prefix) == []
     # the worker kept nothing on its own disk, and wrote nothing to the API's
     assert [p for p in _files(stack.worker_dir) if "storage" in p.parts or "jobs" in p.parts] == []
     assert not get_settings().job_dir(jid).exists() and _files(get_settings().storage_dir) == []
+    # Deleting the job and the set empties their folders in the bucket.
+    assert client.delete(f"/v1/jobs/{jid}", headers=stack.auth).status_code == 204
+    assert client.delete(f"/v1/evaluation-sets/{set_id}", headers=stack.auth).status_code == 204
+    assert stack.objects(f"jobs/{jid}/") == [] and stack.objects(f"evaluation-sets/{set_id}/") == []
 
 
 def test_killed_worker_job_resumes_on_another_host_from_the_bucket(client, stack, s3_teacher, pause_point, tmp_path):

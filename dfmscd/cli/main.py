@@ -1,4 +1,4 @@
-"""The ``dfmscd`` command line: distill, architectures, evaluate, card, the remote teachers/jobs/students
+"""The ``dfmscd`` command line: distill, architectures, evaluate, card, the remote teachers/jobs/students/evalsets
 (``remote.py``), and the commands other packages add.
 
 Every user mistake (a ``DfmscdError``, a missing file, a bad argument) becomes one line on
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_evaluate)
 
     add_card_parser(sub)
-    add_remote_parsers(sub)  # teachers / jobs / students: a remote service through dfmscd.client
+    add_remote_parsers(sub)  # teachers / jobs / students / evalsets: a remote service through dfmscd.client
 
     for ep in entry_points(group=COMMANDS_GROUP):
         ep.load()(sub)

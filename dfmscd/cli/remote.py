@@ -1,4 +1,4 @@
-"""``dfmscd teachers|jobs|students``: a remote dfmscd service from the shell, through
+"""``dfmscd teachers|jobs|students|evalsets``: a remote dfmscd service from the shell, through
 :class:`dfmscd.client.Client` (so ``$DFMSCD_API_URL`` / ``$DFMSCD_API_KEY``, or ``--api-url`` /
 ``--api-key``).
 
@@ -22,7 +22,8 @@ from dfmscd.cli.options import (
     EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, PROG, Parser, existing_file, fail, parse_set_option, parse_student_option,
 )
 from dfmscd.cli.remote_view import (
-    JOB_HEADER, TEACHER_HEADER, advice_line, event_line, flag_lines, job_row, job_summary, table, teacher_row,
+    EVALUATION_HEADER, EVALUATION_SET_HEADER, JOB_HEADER, TEACHER_HEADER, advice_line, evaluation_lines, evaluation_row,
+    evaluation_set_row, event_line, flag_lines, job_row, job_summary, student_report_summary, table, teacher_row,
     teacher_summary, warning_lines,
 )
 from dfmscd.errors import ConfigError
@@ -123,7 +124,7 @@ def _tell(job: "Job", shown: set[str]) -> set[str]:
 
 # --------------------------------------------------------------------------- parsers
 def register(sub: Any) -> None:
-    """Add ``teachers``, ``jobs`` and ``students`` to the ``dfmscd`` sub-parsers."""
+    """Add ``teachers``, ``jobs``, ``students`` and ``evalsets`` to the ``dfmscd`` sub-parsers."""
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--api-url", help=f"the service (default: ${ENV_URL}, else http://127.0.0.1:8000)")
     conn.add_argument("--api-key", help=f"an API key (default: ${ENV_KEY}; the variable keeps it out of 'ps')")
@@ -159,6 +160,8 @@ def register(sub: Any) -> None:
     p.add_argument("--budget", type=_budget, help="wall-clock ('300s', '5m', '2h') or epochs ('40e'); default: the preset's epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a hyperparameter, e.g. --set lr_s=0.1; repeatable")
     p.add_argument("--seed", type=int)
+    p.add_argument("--eval-set", metavar="ID", help="an uploaded evaluation set: the worker evaluates the teacher and every "
+                                                    "student on it when the job ends (reporting only)")
     p.add_argument("--wait", action="store_true", help="follow the job to its end (progress on stderr); exit 1 unless it succeeded")
     p.add_argument("--download", type=Path, metavar="DIR", help="with --wait implied: then download every student (safetensors) into DIR")
     p.set_defaults(func=_jobs_create)
@@ -175,8 +178,33 @@ def register(sub: Any) -> None:
         if name == "watch":
             p.add_argument("--json", action="store_true", help="each event as one line of JSON")
         p.set_defaults(func=func)
+    p = j.add_parser("evaluate", parents=[conn, as_json], help="evaluate a finished job's teacher and students (every "
+                                                              "stored format) on an evaluation set; prints the evaluation's id")
+    p.add_argument("id", metavar="JOB")
+    p.add_argument("--set", required=True, metavar="ID", help="an uploaded evaluation set ('dfmscd evalsets upload')")
+    p.add_argument("--wait", action="store_true", help="wait for the worker's results (accuracies on stderr); exit 1 if it failed")
+    p.set_defaults(func=_jobs_evaluate)
+    p = j.add_parser("evaluations", parents=[conn, as_json], help="a job's evaluations and their accuracies")
+    p.add_argument("id", metavar="JOB")
+    p.set_defaults(func=_jobs_evaluations)
+    p = j.add_parser("delete", parents=[conn], help="delete a finished job and everything it stored")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(func=_jobs_delete)
 
-    s = group("students", "a job's distilled students: download")
+    e = group("evalsets", "labelled images to evaluate finished jobs on (reporting only): upload, list, get, delete")
+    p = e.add_parser("upload", parents=[conn, as_json], help="upload a .npz (x, y) or a class-folder archive "
+                                                            "(.tar, .tar.gz, .tgz, .zip); prints the id")
+    p.add_argument("file", type=existing_file, help="at most 200 MB and 100,000 images")
+    p.add_argument("--teacher", metavar="ID", help="check it against this teacher's card now (shape, classes)")
+    p.set_defaults(func=_evalsets_upload)
+    p = e.add_parser("list", parents=[conn, as_json], help="this key's evaluation sets, newest first")
+    p.set_defaults(func=_evalsets_list)
+    for name, func, what in (("get", _evalsets_get, "one evaluation set"), ("delete", _evalsets_delete, "delete a set")):
+        p = e.add_parser(name, parents=[conn] + ([as_json] if name == "get" else []), help=what)
+        p.add_argument("id", metavar="ID")
+        p.set_defaults(func=func)
+
+    s = group("students", "a job's distilled students: download, report")
     p = s.add_parser("download", parents=[conn], help="download one student's weights; prints the file's path")
     p.add_argument("job", metavar="JOB")
     p.add_argument("name", metavar="NAME", help="the student's name (the architecture unless named with NAME=ARCH)")
@@ -184,6 +212,11 @@ def register(sub: Any) -> None:
                    help="a file, or a folder (existing, or ending in '/'; made if missing); default: ./NAME + the format's suffix")
     p.add_argument("--format", default=NATIVE_FORMAT, choices=sorted(MODEL_FORMATS))
     p.set_defaults(func=_students_download)
+    p = s.add_parser("report", parents=[conn, as_json], help="parameters, FLOPs, and per format: size, verification, "
+                                                            "teacher agreement, CPU latency at batch 1 and 64, accuracy")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=_students_report)
 
 
 # --------------------------------------------------------------------------- teachers
@@ -242,7 +275,7 @@ def _jobs_create(args: argparse.Namespace, api: "Client") -> int:
         _note(f"uploaded teacher {teacher.id}")
         teacher_id = teacher.id
     job = api.create_job(teacher_id, students, preset=args.preset, budget=args.budget,
-                         hyperparameters=hyperparameters, seed=args.seed)
+                         hyperparameters=hyperparameters, seed=args.seed, evaluation_set_id=args.eval_set)
     shown = _tell(job, set())
     code = EXIT_OK
     if args.wait or args.download is not None:
@@ -292,6 +325,44 @@ def _jobs_cancel(args: argparse.Namespace, api: "Client") -> int:
 
 
 @_remote
+def _jobs_delete(args: argparse.Namespace, api: "Client") -> int:
+    api.delete_job(args.id)
+    print(f"deleted {args.id}")
+    return EXIT_OK
+
+
+@_remote
+def _jobs_evaluate(args: argparse.Namespace, api: "Client") -> int:
+    evaluation = api.evaluate_job(args.id, args.set)
+    code = EXIT_OK
+    if args.wait:
+        _note(f"evaluation {evaluation.id} queued; waiting for the worker")
+        evaluation = api.wait_evaluation(args.id, evaluation.id)
+        for line in evaluation_lines(evaluation.raw):
+            _note(line)
+        code = EXIT_OK if evaluation.status == "succeeded" else EXIT_FAILED
+    if args.json:
+        _print_json(evaluation.raw)
+    else:
+        print(evaluation.id)
+    return code
+
+
+@_remote
+def _jobs_evaluations(args: argparse.Namespace, api: "Client") -> int:
+    rows = [e.raw for e in api.list_evaluations(args.id)]
+
+    def text() -> str:
+        lines = [table(EVALUATION_HEADER, [evaluation_row(e) for e in rows])]
+        for e in rows:
+            if e.get("status") in ("succeeded", "failed"):
+                lines += [f"{e.get('id')}:", *("  " + line for line in evaluation_lines(e))]
+        return "\n".join(lines)
+
+    return _emit(args, rows, text)
+
+
+@_remote
 def _jobs_watch(args: argparse.Namespace, api: "Client") -> int:
     _job, code = _follow(api, args.id, sys.stdout, as_json=args.json)
     return code
@@ -334,7 +405,49 @@ def _students_download(args: argparse.Namespace, api: "Client") -> int:
         target = target / default
     d = api.download_student(args.job, args.name, target, format=args.format)
     _note(f"wrote {d.size_bytes} bytes, sha256 {d.sha256}")
+    for f in api.get_student(args.job, args.name).raw.get("files") or []:
+        if f.get("format") == args.format and f.get("status") == "flagged":
+            _note(f"warning: this {args.format} file is flagged: {(f.get('verification') or {}).get('top1_agreement')} "
+                  f"top-1 agreement with the PyTorch student, below {(f.get('verification') or {}).get('min_agreement')} "
+                  f"('dfmscd students report {args.job} {args.name}')")
     print(d.path)
+    return EXIT_OK
+
+
+@_remote
+def _students_report(args: argparse.Namespace, api: "Client") -> int:
+    r = api.student_report(args.job, args.name)
+    return _emit(args, r.raw, lambda: student_report_summary(r.raw))
+
+
+# --------------------------------------------------------------------------- evaluation sets
+@_remote
+def _evalsets_upload(args: argparse.Namespace, api: "Client") -> int:
+    e = api.upload_evaluation_set(args.file, teacher_id=args.teacher)
+    if args.json:
+        _print_json(e.raw)
+    else:
+        _note(f"uploaded {args.file} ({e.size_bytes} bytes, {e.summary.get('images')} images, sha256 {e.sha256})")
+        print(e.id)
+    return EXIT_OK
+
+
+@_remote
+def _evalsets_list(args: argparse.Namespace, api: "Client") -> int:
+    rows = [e.raw for e in api.list_evaluation_sets()]
+    return _emit(args, rows, lambda: table(EVALUATION_SET_HEADER, [evaluation_set_row(e) for e in rows]))
+
+
+@_remote
+def _evalsets_get(args: argparse.Namespace, api: "Client") -> int:
+    e = api.get_evaluation_set(args.id)
+    return _emit(args, e.raw, lambda: table(EVALUATION_SET_HEADER, [evaluation_set_row(e.raw)]))
+
+
+@_remote
+def _evalsets_delete(args: argparse.Namespace, api: "Client") -> int:
+    api.delete_evaluation_set(args.id)
+    print(f"deleted {args.id}")
     return EXIT_OK
 
 

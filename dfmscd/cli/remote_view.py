@@ -1,5 +1,6 @@
-"""How the remote commands (``dfmscd teachers|jobs|students``) show the service's objects: one
-table row per teacher or job, a job's summary, and one line per progress/metrics/log event.
+"""How the remote commands (``dfmscd teachers|jobs|students|evalsets``) show the service's objects:
+one table row per teacher, job, evaluation set or evaluation, a job's summary, a student's report,
+and one line per progress/metrics/log event.
 
 Plain functions of the JSON (``obj.raw``), so the wording lives in one place and needs no
 client or network to change.
@@ -110,6 +111,104 @@ def job_summary(j: Mapping[str, Any]) -> str:
     return "\n".join(lines + ([advice] if advice else []) + warning_lines(j) + flag_lines(j))
 
 
+def fmt_bytes(n: Any) -> str:
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "-"
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def fmt_percent(x: Any) -> str:
+    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+
+
+def _ms(entry: Mapping[str, Any] | None, batch: str) -> str:
+    figure = ((entry or {}).get("latency_ms") or {}).get(batch) or {}
+    return f"{figure['median_ms']:.3g} ms" if isinstance(figure.get("median_ms"), (int, float)) else "-"
+
+
+REPORT_HEADER = ["format", "size", "verification", "teacher agreement", "latency b1", "latency b64"]
+
+
+def report_rows(r: Mapping[str, Any]) -> list[list[str]]:
+    """One row per file of a ``GET .../report`` answer: size, verification (FLAGGED / REFUSED in
+    capitals), agreement with the teacher and CPU latency at batch 1 and 64."""
+    formats = (r.get("report") or {}).get("formats") or {}
+    rows = []
+    for f in r.get("files") or []:
+        fmt, status = f.get("format"), f.get("status")
+        v = f.get("verification") or {}
+        entry = formats.get(fmt) or {}
+        if status == "refused":
+            check = "REFUSED (never served)"
+        else:
+            check = f"{'FLAGGED' if status == 'flagged' else status} {fmt_percent(v.get('top1_agreement'))}" + (
+                f" (< {fmt_percent(v.get('min_agreement'))})" if status == "flagged" else "")
+        rows.append([str(fmt), fmt_bytes(f.get("size_bytes")), check, fmt_percent(entry.get("teacher_agreement")),
+                     _ms(entry, "1"), _ms(entry, "64")])
+    return rows
+
+
+def student_report_summary(r: Mapping[str, Any]) -> str:
+    """``dfmscd students report``: the student, its CPU, one row per file, its accuracy per set."""
+    report = r.get("report") or {}
+    if not report:
+        return (f"student {r.get('student')}: no report (the job ended before reports were made at a job's end); "
+                "its weights download as before")
+    cpu = report.get("cpu") or {}
+    isa = cpu.get("isa") or {}
+    has = [k for k, v in isa.items() if v]
+    lines = [f"student   {r.get('student')} ({report.get('architecture')}), {report.get('parameters')} parameters, "
+             f"{report.get('flops')} FLOPs at batch 1",
+             f"cpu       {cpu.get('model')} ({', '.join(has) or 'no avx2/avx512/vnni/amx'}), "
+             f"{(report.get('latency') or {}).get('threads', '?')} thread(s)",
+             table(REPORT_HEADER, report_rows(r))]
+    for f in r.get("files") or []:
+        if f.get("status") == "refused":
+            lines.append(f"refused: {f.get('format')}: {f.get('error')}")
+    for e in r.get("evaluations") or []:
+        data = e.get("data") or {}
+        figures = ", ".join(f"{k} {fmt_percent(v)}" for k, v in (e.get("accuracy") or {}).items())
+        lines.append(f"accuracy on {data.get('file')} (n={data.get('n')}): {figures}; teacher "
+                     f"{fmt_percent(e.get('teacher_accuracy'))}")
+    return "\n".join(lines)
+
+
+EVALUATION_SET_HEADER = ["id", "file", "format", "images", "bytes", "created"]
+
+
+def evaluation_set_row(e: Mapping[str, Any]) -> list[str]:
+    return [str(e.get("id")), str(e.get("filename") or ""), str(e.get("file_format")),
+            str((e.get("summary") or {}).get("images", "?")), str(e.get("size_bytes", "?")), str(e.get("created_at", ""))[:19]]
+
+
+EVALUATION_HEADER = ["id", "set", "source", "status", "images", "teacher"]
+
+
+def evaluation_row(e: Mapping[str, Any]) -> list[str]:
+    results = e.get("results") or {}
+    return [str(e.get("id")), str(e.get("evaluation_set_id")), str(e.get("source")), str(e.get("status")),
+            str((results.get("data") or {}).get("n", "-")), fmt_percent((results.get("teacher") or {}).get("accuracy"))]
+
+
+def evaluation_lines(e: Mapping[str, Any]) -> list[str]:
+    """An evaluation's accuracies, one line per student (and the teacher), or why it failed."""
+    if e.get("status") == "failed":
+        error = e.get("error") or {}
+        return [f"evaluation {e.get('id')} failed: {error.get('code')}: {error.get('message')}"]
+    results = e.get("results") or {}
+    data = results.get("data") or {}
+    lines = [f"accuracy on {data.get('file')} (n={data.get('n')})"]
+    if results.get("teacher"):
+        lines.append(f"  teacher  {fmt_percent(results['teacher'].get('accuracy'))}")
+    for name, s in (results.get("students") or {}).items():
+        lines.append(f"  {name}  " + ", ".join(f"{k} {fmt_percent(v)}" for k, v in (s.get("accuracy") or {}).items()))
+    return lines
+
+
 def event_line(event: Mapping[str, Any]) -> str | None:
     """One line for a job event, or None for one not worth a line (checkpoints)."""
     kind, data = event.get("kind"), event.get("data") or {}
@@ -135,5 +234,7 @@ def event_line(event: Mapping[str, Any]) -> str | None:
     return f"{kind}: {json.dumps(data, sort_keys=True)}"
 
 
-__all__ = ["JOB_HEADER", "TEACHER_HEADER", "advice_line", "event_line", "flag_lines", "fmt_budget", "fmt_loss",
-           "fmt_seconds", "job_row", "job_summary", "table", "teacher_row", "teacher_summary", "warning_lines"]
+__all__ = ["EVALUATION_HEADER", "EVALUATION_SET_HEADER", "JOB_HEADER", "REPORT_HEADER", "TEACHER_HEADER", "advice_line",
+           "evaluation_lines", "evaluation_row", "evaluation_set_row", "event_line", "flag_lines", "fmt_budget",
+           "fmt_bytes", "fmt_loss", "fmt_percent", "fmt_seconds", "job_row", "job_summary", "report_rows",
+           "student_report_summary", "table", "teacher_row", "teacher_summary", "warning_lines"]

@@ -7,6 +7,7 @@
         job = api.create_job(teacher.id, ["resnet8", "vgg8"], preset="fast", budget="40e")
         job = api.wait(job.id)
         api.download_student(job.id, "resnet8", "resnet8.safetensors")
+        api.download_student(job.id, "resnet8", "resnet8.int8.onnx", format="onnx-int8")
 
 Errors: :class:`DfmscdAPIError` (one subclass per service error code, ``dfmscd.client.errors``),
 :class:`DfmscdConnectionError`, :class:`ChecksumMismatchError`, :class:`WaitTimeoutError`.
@@ -21,11 +22,24 @@ from dfmscd.client.errors import (
     DfmscdConnectionError,
     WaitTimeoutError,
 )
-from dfmscd.client.models import Advice, Architecture, Download, ErrorInfo, Event, Job, Student, Teacher
+from dfmscd.client.models import (
+    Advice,
+    Architecture,
+    Download,
+    ErrorInfo,
+    Evaluation,
+    EvaluationSet,
+    Event,
+    Job,
+    Student,
+    StudentReport,
+    Teacher,
+)
 from dfmscd.client.transport import RetryPolicy
 
 __all__ = [
     "Advice", "Architecture", "ChecksumMismatchError", "Client", "DfmscdAPIError", "DfmscdClientError", "DfmscdConnectionError",
-    "Download", "ErrorInfo", "Event", "Job", "RetryPolicy", "Student", "Teacher", "WaitTimeoutError", "budget_body",
+    "Download", "ErrorInfo", "Evaluation", "EvaluationSet", "Event", "Job", "RetryPolicy", "Student", "StudentReport",
+    "Teacher", "WaitTimeoutError", "budget_body",
     "card_text", "errors", "student_body",
 ]

@@ -1,4 +1,5 @@
-"""``Client``: the dfmscd service from Python (teachers, jobs, events, downloads).
+"""``Client``: the dfmscd service from Python (teachers, jobs, events, downloads, student reports,
+evaluation sets and evaluations).
 
 Only httpx, tqdm and pydantic (the budget grammar) are imported (never torch, FastAPI or SQLAlchemy), so the client is cheap to
 import on a machine that only talks to a remote service.
@@ -23,7 +24,17 @@ from dfmscd.config import parse_budget
 from dfmscd.errors import ConfigError
 
 from dfmscd.client.errors import ChecksumMismatchError, DfmscdConnectionError, WaitTimeoutError, from_response
-from dfmscd.client.models import Architecture, Download, Event, Job, Student, Teacher
+from dfmscd.client.models import (
+    Architecture,
+    Download,
+    Evaluation,
+    EvaluationSet,
+    Event,
+    Job,
+    Student,
+    StudentReport,
+    Teacher,
+)
 from dfmscd.client.sse import parse_sse
 from dfmscd.client.transport import RetryPolicy, Transport, raise_for_error
 
@@ -231,8 +242,11 @@ class Client:
     # ---------------------------------------------------------------- teachers
     def upload_teacher(self, path: str | os.PathLike[str], card: Any, *, progress: bool | None = None) -> Teacher:
         """Upload weights (safetensors or a weights-only .pt/.pth) with their model card."""
-        path = Path(path)
-        text = card_text(card)
+        return Teacher.from_dict(self._upload("/v1/teachers", Path(path), {"card": card_text(card)}, progress))
+
+    def _upload(self, route: str, path: Path, fields: dict[str, str], progress: bool | None) -> dict[str, Any]:
+        """A streamed multipart upload of ``path`` (field ``file``) with small ``fields``; resent only
+        when the connection could not be made."""
         size = path.stat().st_size
         bar = _byte_bar(_show_progress(self.progress if progress is None else progress), size, 0,
                         f"upload {path.name}")
@@ -243,16 +257,16 @@ class Client:
                 def build() -> httpx.Request:
                     fh.seek(0)
                     return self._http.build_request(
-                        "POST", "/v1/teachers",
+                        "POST", route,
                         files={"file": (path.name, reader, "application/octet-stream")},  # type: ignore[dict-item]
-                        data={"card": text},
+                        data=fields or None,
                     )
 
                 r = self._transport.send(build, idempotent=False)
         finally:
             if bar is not None:
                 bar.close()
-        return Teacher.from_dict(r.json())
+        return r.json()
 
     def get_teacher(self, teacher_id: str) -> Teacher:
         return Teacher.from_dict(self._json("GET", f"/v1/teachers/{_seg(teacher_id)}"))
@@ -268,9 +282,12 @@ class Client:
     # ---------------------------------------------------------------- jobs
     def create_job(self, teacher_id: str | Teacher, students: Iterable[Any], *, preset: str | None = None,
                    budget: Any = None, hyperparameters: Mapping[str, Any] | None = None, seed: int | None = None,
-                   metadata: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> Job:
+                   metadata: Mapping[str, Any] | None = None, idempotency_key: str | None = None,
+                   evaluation_set_id: "str | EvaluationSet | None" = None) -> Job:
         """Queue a job. An ``Idempotency-Key`` (a fresh uuid4 unless given) goes with the request
-        and with each of its retries, so a retried call never creates two jobs."""
+        and with each of its retries, so a retried call never creates two jobs. With
+        ``evaluation_set_id`` the worker evaluates the teacher and every student on that set when
+        the job ends (``list_evaluations``; reporting only)."""
         if isinstance(teacher_id, Teacher):
             teacher_id = teacher_id.id
         body: dict[str, Any] = {"teacher_id": teacher_id, "students": [student_body(s) for s in students]}
@@ -285,6 +302,8 @@ class Client:
             body["seed"] = seed
         if metadata:
             body["metadata"] = dict(metadata)
+        if evaluation_set_id is not None:
+            body["evaluation_set_id"] = _id(evaluation_set_id)
         key = idempotency_key or str(uuid.uuid4())
         data = self._json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}, idempotent=True)
         return Job.from_dict(data)
@@ -303,8 +322,65 @@ class Client:
         """Ask the job to stop (a queued job is cancelled at once, a running one at its next step)."""
         return Job.from_dict(self._json("POST", f"/v1/jobs/{_seg(_id(job_id))}/cancel", idempotent=True))
 
+    def delete_job(self, job_id: str | Job) -> None:
+        """Delete a finished job and everything it stored (409 ``JobActiveError`` while it runs)."""
+        self._request("DELETE", f"/v1/jobs/{_seg(_id(job_id))}")
+
     def get_student(self, job_id: str | Job, name: str) -> Student:
         return Student.from_dict(self._json("GET", f"/v1/jobs/{_seg(_id(job_id))}/students/{_seg(name)}"))
+
+    def student_report(self, job_id: str | Job, name: str) -> StudentReport:
+        """The student's report (parameters, FLOPs, size and CPU latency per format, teacher
+        agreement, verification figures), its files and its accuracy on each evaluation set."""
+        return StudentReport.from_dict(self._json("GET", f"/v1/jobs/{_seg(_id(job_id))}/students/{_seg(name)}/report"))
+
+    # ---------------------------------------------------------------- evaluation sets and evaluations
+    def upload_evaluation_set(self, path: str | os.PathLike[str], *, teacher_id: "str | Teacher | None" = None,
+                              progress: bool | None = None) -> EvaluationSet:
+        """Upload labelled images to report accuracy on: a ``.npz`` (``x``, integer ``y``) or a
+        class-folder archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``); at most 200 MB and 100,000
+        images. With ``teacher_id`` it is checked against that teacher's card now."""
+        fields = {"teacher_id": _id(teacher_id)} if teacher_id is not None else {}
+        return EvaluationSet.from_dict(self._upload("/v1/evaluation-sets", Path(path), fields, progress))
+
+    def get_evaluation_set(self, set_id: str | EvaluationSet) -> EvaluationSet:
+        return EvaluationSet.from_dict(self._json("GET", f"/v1/evaluation-sets/{_seg(_id(set_id))}"))
+
+    def list_evaluation_sets(self, *, page_size: int | None = None) -> Iterator[EvaluationSet]:
+        for item in self._pages("/v1/evaluation-sets", {"limit": page_size}):
+            yield EvaluationSet.from_dict(item)
+
+    def delete_evaluation_set(self, set_id: str | EvaluationSet) -> None:
+        """Delete a set and its evaluations (409 ``EvaluationSetInUseError`` while a job or an evaluation uses it)."""
+        self._request("DELETE", f"/v1/evaluation-sets/{_seg(_id(set_id))}")
+
+    def evaluate_job(self, job_id: str | Job, evaluation_set_id: str | EvaluationSet) -> Evaluation:
+        """Queue the evaluation of a finished job on a set (the worker runs the teacher and every
+        student, PyTorch weights and each stored file); ``wait_evaluation`` for its results."""
+        data = self._json("POST", f"/v1/jobs/{_seg(_id(job_id))}/evaluations",
+                          json={"evaluation_set_id": _id(evaluation_set_id)}, idempotent=False)
+        return Evaluation.from_dict(data)
+
+    def get_evaluation(self, job_id: str | Job, evaluation_id: str | Evaluation) -> Evaluation:
+        return Evaluation.from_dict(self._json("GET", f"/v1/jobs/{_seg(_id(job_id))}/evaluations/{_seg(_id(evaluation_id))}"))
+
+    def list_evaluations(self, job_id: str | Job) -> list[Evaluation]:
+        """The job's evaluations, newest first (the one made when the job ended among them)."""
+        return [Evaluation.from_dict(e) for e in self._json("GET", f"/v1/jobs/{_seg(_id(job_id))}/evaluations")["data"]]
+
+    def wait_evaluation(self, job_id: str | Job, evaluation_id: str | Evaluation, timeout: float | None = None, *,
+                        interval: float = 0.2, max_interval: float = 2.0) -> Evaluation:
+        """Poll the evaluation until it has succeeded or failed (the interval doubles up to
+        ``max_interval``); ``WaitTimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            evaluation = self.get_evaluation(job_id, evaluation_id)
+            if evaluation.done:
+                return evaluation
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise WaitTimeoutError(evaluation.id, timeout or 0.0, evaluation.status, what="evaluation")
+            time.sleep(interval)  # polling: evaluations have no event stream
+            interval = min(max_interval, interval * 2)
 
     # ---------------------------------------------------------------- events
     def events(self, job_id: str | Job, *, last_event_id: int | None = None) -> Iterator[Event]:

@@ -81,7 +81,19 @@ IdempotencyConflictError = _register("idempotency_conflict", "IdempotencyConflic
                                      "409: Idempotency-Key already used with a different body.")
 JobFinishedError = _register("job_finished", "JobFinishedError", "409: the job already succeeded or failed.")
 TeacherInUseError = _register("teacher_in_use", "TeacherInUseError", "409: an active job uses the teacher.")
-NotReadyError = _register("not_ready", "NotReadyError", "404: weights or samples not written yet.")
+NotReadyError = _register("not_ready", "NotReadyError", "404: weights or samples not written yet; 409: a job to "
+                          "evaluate has not ended or stored no students.")
+ExportRefusedError = _register("export_refused", "ExportRefusedError",
+                               "422: that file failed verification when the job ended and is never served.")
+NoCalibrationSampleError = _register("no_calibration_sample", "NoCalibrationSampleError",
+                                     "409: no INT8 file: the job kept no calibration sample (it ended before the "
+                                     "worker exported every format, or was cancelled).")
+InvalidEvaluationSetError = _register("invalid_evaluation_set", "InvalidEvaluationSetError",
+                                      "422: the evaluation set is unreadable, unsafe, too large, or does not fit the card.")
+EvaluationSetInUseError = _register("evaluation_set_in_use", "EvaluationSetInUseError",
+                                    "409: an active job or a pending evaluation uses the set.")
+JobActiveError = _register("job_active", "JobActiveError", "409: the job is queued or running (cancel it first).")
+StorageUnavailableError = _register("storage_unavailable", "StorageUnavailableError", "503: object storage is unreachable.")
 StorageQuotaExceededError = _register("storage_quota_exceeded", "StorageQuotaExceededError", "413: storage quota.")
 TooManyJobsError = _register("too_many_jobs", "TooManyJobsError", "429: too many active jobs for this key.")
 BrokerUnavailableError = _register("broker_unavailable", "BrokerUnavailableError", "503: the job queue is unreachable.")
@@ -128,10 +140,10 @@ class ChecksumMismatchError(DfmscdClientError):
 
 
 class WaitTimeoutError(DfmscdClientError, TimeoutError):
-    """``Client.wait`` ran out of time before the job finished."""
+    """``Client.wait`` (``wait_evaluation``) ran out of time before the job (evaluation) finished."""
 
-    def __init__(self, job_id: str, timeout: float, last_status: str | None) -> None:
-        super().__init__(f"job {job_id!r} still {last_status or 'unfinished'} after {timeout:g} s")
+    def __init__(self, job_id: str, timeout: float, last_status: str | None, what: str = "job") -> None:
+        super().__init__(f"{what} {job_id!r} still {last_status or 'unfinished'} after {timeout:g} s")
         self.job_id = job_id
         self.timeout = timeout
         self.last_status = last_status

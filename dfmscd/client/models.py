@@ -159,6 +159,7 @@ class Job(ApiObject):
     # need) and when it ends (flagged students, classes that never reached the pool).
     warnings: list[str] = field(default_factory=list)
     advice: Advice | None = None  # seconds budgets only
+    evaluation_set_id: str | None = None  # the set evaluated on when the job ends (list_evaluations)
     _datetimes: ClassVar[tuple[str, ...]] = ("created_at", "updated_at", "started_at", "finished_at")
     _nested: ClassVar[dict[str, Any]] = {"students": Student, "error": ErrorInfo, "advice": Advice}
 
@@ -197,6 +198,76 @@ class Architecture(ApiObject):
     source: str | None = None
 
 
+@dataclass(frozen=True)
+class EvaluationSet(ApiObject):
+    """Labelled images uploaded to report accuracy on (never trained or calibrated on). ``summary``:
+    ``images``, and ``x_shape`` (.npz) or ``image_size``/``channels``/``classes`` (archives), ``labels``."""
+
+    id: str = ""
+    sha256: str | None = None
+    size_bytes: int | None = None
+    file_format: str | None = None
+    filename: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    _datetimes: ClassVar[tuple[str, ...]] = ("created_at",)
+
+
+@dataclass(frozen=True)
+class Evaluation(ApiObject):
+    """A finished job evaluated on a set by the worker (``source``: "job_end" or "request").
+    ``results``: ``data`` {file, n}, ``teacher`` {architecture, accuracy} | None, ``students``
+    {name: {architecture, accuracy {"pytorch", <format>...}}}."""
+
+    id: str = ""
+    job_id: str = ""
+    evaluation_set_id: str = ""
+    source: str = ""
+    status: str = ""
+    results: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    _datetimes: ClassVar[tuple[str, ...]] = ("created_at", "finished_at")
+    _nested: ClassVar[dict[str, Any]] = {"error": ErrorInfo}
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+    @property
+    def teacher_accuracy(self) -> float | None:
+        return ((self.results or {}).get("teacher") or {}).get("accuracy")
+
+    def accuracy(self, student: str) -> dict[str, float]:
+        """One student's accuracy by what was run: "pytorch" and each format."""
+        return dict((((self.results or {}).get("students") or {}).get(student) or {}).get("accuracy") or {})
+
+
+@dataclass(frozen=True)
+class StudentReport(ApiObject):
+    """``GET /v1/jobs/{id}/students/{name}/report``: ``report`` (dfmscd.student_report: parameters, macs,
+    flops, formats with size, verification, teacher agreement and latency at batch 1 and 64, cpu;
+    None for a job from before reports), ``files`` (each format's status: verified, flagged, refused)
+    and ``evaluations`` (this student's accuracy on each set the job was evaluated on)."""
+
+    job_id: str = ""
+    student: str = ""
+    report: dict[str, Any] | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[str]:
+        """Formats whose file is flagged (an INT8 file below its agreement threshold: served, marked)."""
+        return [f["format"] for f in self.files if f.get("status") == "flagged"]
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Formats refused by verification (never served), with why."""
+        return {f["format"]: f.get("error") or "" for f in self.files if f.get("status") == "refused"}
+
+
 @dataclass(frozen=True, repr=False)
 class Download:
     """What ``download_student`` wrote: the file, its verified sha256 and size, the byte an
@@ -220,5 +291,5 @@ class Download:
         return f"<Download {os.fspath(self.path)!r} {self.size_bytes:,} bytes, sha256 {self.sha256[:12]}...>"
 
 
-__all__ = ["Advice", "ApiObject", "Architecture", "Download", "ErrorInfo", "Event", "Job", "Student", "Teacher",
-           "TERMINAL_STATUSES"]
+__all__ = ["Advice", "ApiObject", "Architecture", "Download", "ErrorInfo", "Evaluation", "EvaluationSet", "Event", "Job",
+           "Student", "StudentReport", "Teacher", "TERMINAL_STATUSES"]

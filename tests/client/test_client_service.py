@@ -15,11 +15,12 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from cutting_proxy import cutting_proxy
-from service_kit import CARD, TINY_HYPERPARAMETERS, make_key
+from service_kit import CARD, TINY_HYPERPARAMETERS, make_key, write_evaluation_npz
 
-from dfmscd.client import ChecksumMismatchError, Client, Event, Job, RetryPolicy, Teacher
+from dfmscd.client import ChecksumMismatchError, Client, EvaluationSet, Event, Job, RetryPolicy, Teacher
 from dfmscd.client import errors as E
 
 NO_ID = "job_" + "0" * 28
@@ -48,9 +49,16 @@ def uploaded(api, teacher_file) -> Teacher:
 
 
 @pytest.fixture(scope="module")
-def finished_job(api, uploaded, celery_worker) -> Job:
+def evaluation_set(api, uploaded, tmp_path_factory) -> EvaluationSet:
+    return api.upload_evaluation_set(write_evaluation_npz(tmp_path_factory.mktemp("set") / "test.npz", n=30),
+                                     teacher_id=uploaded)
+
+
+@pytest.fixture(scope="module")
+def finished_job(api, uploaded, evaluation_set, celery_worker) -> Job:
     job = api.create_job(uploaded.id, [{"name": "resnet8"}], preset="fast", budget="1e",
-                         hyperparameters=TINY_HYPERPARAMETERS, seed=3, metadata={"by": "client-test"})
+                         hyperparameters=TINY_HYPERPARAMETERS, seed=3, metadata={"by": "client-test"},
+                         evaluation_set_id=evaluation_set)
     done = api.wait(job.id, progress=True)
     assert done.status == "succeeded", (done.error, celery_worker.log())
     return done
@@ -176,6 +184,39 @@ def test_a_sha_that_does_not_match_the_bytes_is_refused(api: Client, finished_jo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_int8_download_student_report_and_evaluations(api: Client, finished_job: Job, evaluation_set: EvaluationSet,
+                                                     tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    assert finished_job.evaluation_set_id == evaluation_set.id and evaluation_set.summary["images"] == 30
+    d = api.download_student(finished_job.id, "resnet8", tmp_path / "s.int8.onnx", format="onnx-int8")
+    report = api.student_report(finished_job.id, "resnet8")
+    [int8] = [f for f in report.files if f["format"] == "onnx-int8"]
+    assert d.sha256 == int8["sha256"] == _sha(d.path) and report.refused == {}
+    assert report.flagged == (["onnx-int8"] if int8["status"] == "flagged" else [])
+    session = ort.InferenceSession(str(d.path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((2, 1, 8, 8), np.float32)})[0].shape == (2, 10)
+    assert set(report.report["formats"]) == {"safetensors", "onnx", "torchscript", "onnx-int8"}
+    assert report.report["formats"]["onnx-int8"]["latency_ms"]["1"]["median_ms"] > 0
+
+    [at_end] = api.list_evaluations(finished_job.id)
+    assert at_end.source == "job_end" and at_end.status == "succeeded" and at_end.done
+    assert set(at_end.accuracy("resnet8")) == {"pytorch", "safetensors", "onnx", "torchscript", "onnx-int8"}
+    asked = api.evaluate_job(finished_job.id, evaluation_set)
+    assert asked.status == "queued" and asked.source == "request"
+    done = api.wait_evaluation(finished_job.id, asked, timeout=600)  # the bound is for a broken run only
+    assert done.status == "succeeded" and done.accuracy("resnet8") == at_end.accuracy("resnet8")
+    assert done.teacher_accuracy == at_end.teacher_accuracy
+    assert report.evaluations[0]["accuracy"] == at_end.accuracy("resnet8")
+    assert api.get_evaluation(finished_job.id, done.id).finished_at is not None
+    assert evaluation_set.id in [e.id for e in api.list_evaluation_sets()]
+    with pytest.raises(E.NotFoundError):
+        api.get_evaluation(finished_job.id, "evl_" + "0" * 28)
+    np.savez(tmp_path / "bad.npz", x=np.zeros((3, 1, 9, 9), np.uint8), y=np.zeros(3, np.int64))
+    with pytest.raises(E.InvalidEvaluationSetError, match="N x 1 x 8 x 8"):
+        api.upload_evaluation_set(tmp_path / "bad.npz", teacher_id=finished_job.teacher_id)
+
+
 def test_cancelling_a_finished_job_is_a_job_finished_error(api: Client, finished_job: Job) -> None:
     with pytest.raises(E.JobFinishedError) as info:
         api.cancel_job(finished_job.id)
@@ -268,6 +309,9 @@ def test_cancel_a_queued_or_running_job_then_wait_for_it(api: Client, uploaded: 
     assert info.value.last_status in ("queued", "running")
     assert answer.id == job.id and answer.status in ("cancelled", "cancelling")
     assert api.wait(job.id).status == "cancelled"
+    api.delete_job(job.id)  # finished: it goes, with whatever it stored
+    with pytest.raises(E.NotFoundError):
+        api.get_job(job.id)
 
 
 def test_job_errors_map_to_their_classes(api: Client, uploaded: Teacher) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from service_kit import CARD, TINY_HYPERPARAMETERS
+from service_kit import CARD, TINY_HYPERPARAMETERS, write_evaluation_archive
 
 from dfmscd.cli import main
 
@@ -93,12 +93,22 @@ class Waited:
 
 
 @pytest.fixture(scope="module")
-def waited(env, teacher_file, card_file, celery_worker, tmp_path_factory) -> Waited:
-    """The one job the worker runs: uploaded, created, followed to its end and downloaded by one command."""
+def eval_set(env, tmp_path_factory) -> str:
+    """A class-folder archive uploaded by 'evalsets upload' (checked against the card at job creation)."""
+    run = cli(env, "evalsets", "upload", write_evaluation_archive(tmp_path_factory.mktemp("set") / "test.tar.gz", n=24))
+    assert run.code == 0, run.err
+    assert run.last_line.startswith("evs_") and run.out.strip() == run.last_line and "24 images" in run.err
+    return run.last_line
+
+
+@pytest.fixture(scope="module")
+def waited(env, teacher_file, card_file, eval_set, celery_worker, tmp_path_factory) -> Waited:
+    """The one job the worker runs: uploaded, created (evaluated on ``eval_set`` at its end), followed to
+    its end and downloaded by one command."""
     folder = tmp_path_factory.mktemp("students") / "out"
     run = cli(env, "jobs", "create", "--teacher-file", teacher_file, "--card", card_file,
               "--student", "resnet8", "--student", "small=resnet8", "--preset", "fast", "--budget", "1e",
-              "--seed", "3", *SETS, "--wait", "--download", folder)
+              "--seed", "3", *SETS, "--eval-set", eval_set, "--wait", "--download", folder)
     assert run.code == 0, (run.err, celery_worker.log())
     return Waited(run, run.last_line, folder)
 
@@ -219,6 +229,52 @@ def test_students_download_onnx_and_into_a_folder(env, waited: Waited, tmp_path:
     assert not (tmp_path / "nobody.safetensors").exists()
 
 
+def test_students_download_int8_and_report(env, waited: Waited, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    run = cli(env, "students", "download", waited.job_id, "small", "--format", "onnx-int8", "-o", tmp_path)
+    assert run.code == 0, run.err
+    assert run.last_line == str(tmp_path / "small.int8.onnx") and run.out.strip() == run.last_line
+    session = ort.InferenceSession(run.last_line, providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": __import__("numpy").zeros((1, 1, 8, 8), "float32")})[0].shape == (1, 10)
+    report = cli(env, "students", "report", waited.job_id, "small", "--json")
+    assert report.code == 0, report.err
+    body = report.json()
+    assert body["student"] == "small" and set(body["report"]["formats"]) == {"safetensors", "onnx", "torchscript",
+                                                                              "onnx-int8"}
+    flagged = [f["format"] for f in body["files"] if f["status"] == "flagged"]
+    assert ("flagged" in run.err) == bool(flagged)
+    text = cli(env, "students", "report", waited.job_id, "small").out
+    lines = text.splitlines()
+    assert lines[0].startswith("student   small (resnet8)") and "FLOPs at batch 1" in lines[0]
+    assert lines[1].startswith("cpu       ") and "thread(s)" in lines[1]
+    header = next(i for i, line in enumerate(lines) if line.startswith("format"))
+    assert lines[header].split()[:2] == ["format", "size"] and "latency b64" in lines[header]
+    rows = {line.split()[0]: line for line in lines[header + 1:header + 5]}
+    assert set(rows) == {"safetensors", "onnx", "torchscript", "onnx-int8"}
+    assert all(" ms" in row for row in rows.values())
+    assert ("FLAGGED" in rows["onnx-int8"]) == ("onnx-int8" in flagged)
+    assert any(line.startswith("accuracy on test.tar.gz (n=24): pytorch ") for line in lines)  # the job-end evaluation
+
+
+def test_evaluate_a_job_on_request_and_list_its_evaluations(env, waited: Waited, eval_set: str) -> None:
+    run = cli(env, "jobs", "evaluate", waited.job_id, "--set", eval_set, "--wait")
+    assert run.code == 0, run.err
+    assert run.last_line.startswith("evl_") and run.out.strip() == run.last_line  # stdout: the id alone
+    assert "accuracy on test.tar.gz (n=24)" in run.err and "teacher" in run.err
+    listed = cli(env, "jobs", "evaluations", waited.job_id, "--json").json()
+    assert [e["source"] for e in listed] == ["request", "job_end"] and {e["status"] for e in listed} == {"succeeded"}
+    assert listed[0]["id"] == run.last_line
+    assert listed[0]["results"]["students"] == listed[1]["results"]["students"]
+    table = cli(env, "jobs", "evaluations", waited.job_id).out.splitlines()
+    assert table[0].split() == ["id", "set", "source", "status", "images", "teacher"]
+    assert any(line.startswith(run.last_line) for line in table)
+    got = cli(env, "evalsets", "get", eval_set, "--json").json()
+    assert got["id"] == eval_set and got["summary"]["images"] == 24 and got["file_format"] == "tar.gz"
+    assert eval_set in cli(env, "evalsets", "list").out
+    assert_one_line_error(cli(env, "jobs", "evaluate", waited.job_id, "--set", "evs_" + "0" * 28), "404 not_found")
+
+
 def test_cancelling_a_finished_job_is_one_line(env, waited: Waited) -> None:
     assert_one_line_error(cli(env, "jobs", "cancel", waited.job_id), "409 job_finished")
 
@@ -237,6 +293,8 @@ def test_create_json_cancel_then_watch_exits_1(env, teacher_id: str, celery_work
     watched = cli(env, "jobs", "watch", job["id"])
     assert watched.code == 1 and f"job {job['id']} cancelled" in watched.err
     assert cli(env, "jobs", "get", job["id"], "--json").json()["status"] == "cancelled"
+    assert cli(env, "jobs", "delete", job["id"]).out.strip() == f"deleted {job['id']}"
+    assert_one_line_error(cli(env, "jobs", "get", job["id"]), "404 not_found")
 
 
 # --------------------------------------------------------------------------- errors

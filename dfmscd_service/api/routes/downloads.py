@@ -100,14 +100,15 @@ def download_weights(
     storage = get_storage()
     stored = next((f for f in student.files if f.format == format), None)
     headers: dict[str, str] = {}
+    if stored is not None and (stored.status == "refused" or not stored.storage_key or not stored.sha256):
+        raise ApiError(422, "export_refused", f"the {format} file of student {name!r} failed verification when "
+                       f"the job ended and is never served: {stored.error}")
     if stored is not None:
-        if stored.status == "refused" or not stored.storage_key or not stored.sha256:
-            raise ApiError(422, "export_refused", f"the {format} file of student {name!r} failed verification when "
-                           f"the job ended and is never served: {stored.error}")
-        key, digest = stored.storage_key, stored.sha256
         headers["Dfmscd-Verification"] = stored.status
-    elif format == NATIVE_FORMAT:
+    if format == NATIVE_FORMAT:  # the student's weights: the row the job's JSON shows (the same file)
         key, digest = student.storage_key, student.sha256
+    elif stored is not None:
+        key, digest = stored.storage_key, stored.sha256
     elif format in CALIBRATED_FORMATS:
         raise _no_calibrated_file(job, name, format)
     else:  # a job without the worker's files: exported now, cached

@@ -160,7 +160,8 @@ def test_a_job_from_the_form_runs_to_the_end_live_and_downloads_match_the_api(da
 
     final = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
     student = final["students"][0]
-    for fmt, suffix in (("safetensors", "safetensors"), ("onnx", "onnx"), ("torchscript", "torchscript.pt")):
+    for fmt, suffix in (("safetensors", "safetensors"), ("onnx", "onnx"), ("torchscript", "torchscript.pt"),
+                        ("onnx-int8", "int8.onnx")):
         dash.click(f"button.download[data-student='small'][data-format='{fmt}']")
         # An export is built on its first request (seconds on a busy machine): wait for the page's word.
         dash.until(lambda: dash.all(f"#download-ok[data-file='small.{suffix}']") or dash.all("#download-message .error-box"),
@@ -173,11 +174,65 @@ def test_a_job_from_the_form_runs_to_the_end_live_and_downloads_match_the_api(da
         if fmt == "safetensors":
             assert got == student["sha256"]
 
+    _check_the_student_report(dash, client, auth, job_id)
+
     dash.go("#/jobs")
     row = dash.visible(f"tr[data-job-id='{job_id}'][data-status='succeeded']")
     assert "100%" in row.text and "small" in row.text
     dash.shoot("jobs")
     assert dash.console_errors() == []
+
+
+def _check_the_student_report(dash: Any, client: Any, auth: dict[str, str], job_id: str) -> None:
+    """The job page's report of its student against the API's, then with an evaluation on a set of the
+    owner's, then with its INT8 file flagged (written as the worker writes a flagged file)."""
+    import tempfile
+    from pathlib import Path
+
+    from service_kit import upload_evaluation_set, wait_for, write_evaluation_npz
+    from sqlalchemy import update
+
+    from dfmscd_service.core.db import session_scope
+    from dfmscd_service.core.models import JobStudent, StudentFile
+
+    api = client.get(f"/v1/jobs/{job_id}/students/small/report", headers=auth).json()
+    box = dash.visible("#student-reports article[data-student='small']")
+    assert box.find_element("css selector", ".cpu-model").text == api["report"]["cpu"]["model"]
+    assert box.find_element("css selector", ".parameters").text and box.find_element("css selector", ".flops").text
+    for f in api["files"]:
+        row = box.find_element("css selector", f"tr[data-format='{f['format']}']")
+        assert row.get_attribute("data-status") == f["status"] == "verified" or f["format"] == "onnx-int8"
+        latency = [c.text for c in row.find_elements("css selector", "td.latency")]
+        assert len(latency) == 2 and all(c.endswith(" ms") for c in latency), latency
+
+    with tempfile.TemporaryDirectory() as folder:
+        made = upload_evaluation_set(client, auth, write_evaluation_npz(Path(folder) / "digits.npz", n=20))
+    assert made.status_code == 201, made.text
+    asked = client.post(f"/v1/jobs/{job_id}/evaluations", headers=auth, json={"evaluation_set_id": made.json()["id"]})
+    assert asked.status_code == 202, asked.text
+    url = f"/v1/jobs/{job_id}/evaluations/{asked.json()['id']}"
+    done = wait_for(lambda: (lambda e: e if e["status"] in ("succeeded", "failed") else None)(
+        client.get(url, headers=auth).json()), 300, 0.25, what="the evaluation")
+    assert done["status"] == "succeeded", done
+    with session_scope() as s:  # the INT8 file as the worker stores one below its threshold
+        student = s.query(JobStudent).filter(JobStudent.job_id == job_id, JobStudent.name == "small").one()
+        s.execute(update(StudentFile).where(StudentFile.student_id == student.id, StudentFile.format == "onnx-int8")
+                  .values(status="flagged", verification={**(student.files[-1].verification or {}), "status": "flagged",
+                                                          "top1_agreement": 0.9}))
+    dash.driver.refresh()
+    box = dash.visible("#student-reports article[data-student='small']")
+    heads = [th.text for th in box.find_elements("css selector", "thead th")]
+    assert heads[-1].lower() == "accuracy (digits.npz, n=20)", heads  # (upper case by its style)
+    accuracy = done["results"]["students"]["small"]["accuracy"]
+    for fmt in ("pytorch", "onnx", "onnx-int8"):
+        cell = box.find_element("css selector", f"tr[data-format='{fmt}'] td.accuracy").text
+        assert cell == f"{accuracy[fmt] * 100:.1f}%", (fmt, cell)
+    int8 = box.find_element("css selector", "tr[data-format='onnx-int8']")
+    assert "flagged" in int8.get_attribute("class") and int8.find_element("css selector", ".badge.flag").is_displayed()
+    assert "90.00%" in int8.text and "below the 97.0% threshold" in int8.text
+    button = dash.css("button.download[data-student='small'][data-format='onnx-int8']")
+    assert button.get_attribute("data-flagged") == "true" and button.is_enabled()
+    dash.shoot("job-report")
 
 
 def test_a_running_job_shows_live_progress_and_is_cancelled_from_its_page(dashboard, keys, client, teacher_file,

@@ -59,7 +59,7 @@ class Deliverables:
 
 
 def _refused_warning(name: str, fmt: str, message: str) -> str:
-    return f"student {name!r}: the {fmt} file was refused by verification and is not served: {message}"
+    return f"student {name!r}: no {fmt} file (it could not be exported or failed verification; never served): {message}"
 
 
 def _flagged_warning(name: str, exported: ExportedFile) -> str:
@@ -148,3 +148,7 @@ def _evaluate(evaluation_set: tuple[Path, str], card: ModelCard, teacher: Any, r
         return {"status": "failed", "error_code": exc.code, "error_message": exc.message}
     except DfmscdError as exc:
         return {"status": "failed", "error_code": "invalid_evaluation_set", "error_message": str(exc).splitlines()[0]}
+    except Exception as exc:  # noqa: BLE001 - reporting only: whatever goes wrong here fails the evaluation, not the job
+        log.exception("job-end evaluation on %s failed", display)
+        return {"status": "failed", "error_code": "internal_error",
+                "error_message": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"}

@@ -246,3 +246,37 @@ def test_deleting_the_set_and_the_job_gives_every_byte_back(client, owner, sets,
         owner_id = s.query(Job.owner_id).filter(Job.id == active).scalar()
         assert storage_used(s, owner_id) == owner["teacher"]["size_bytes"] + sets["npz"]["size_bytes"] + sum(
             st["size_bytes"] or 0 for j in client.get("/v1/jobs", headers=h).json()["data"] for st in j["students"])
+
+
+def test_a_float_file_that_fails_verification_is_refused_and_not_stored(tmp_path):
+    """A real refusal, made by the worker's own step: a resnet8 whose traced exports flip its logits
+    (a forward hook active only while tracing; the safetensors file rebuilds the plain network)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from dfmscd.io import ModelCard
+    from dfmscd.models import create_model
+    from dfmscd_service.core.storage_local import LocalStorage
+    from dfmscd_service.worker.deliverables import deliver
+
+    card = ModelCard.model_validate(CARD)
+    torch.manual_seed(0)
+    student = create_model("resnet8", num_classes=10, in_channels=1, image_size=8).eval()
+    student.register_forward_hook(lambda module, inputs, out: -out if torch.jit.is_tracing() else None)
+    images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    result = SimpleNamespace(students={"s": student}, cards={"s": card}, calibration=images, holdout=images)
+    storage, written = LocalStorage(tmp_path / "storage"), []
+    out = deliver(result, card, None, storage, "job_test", "t0", tmp_path / "scratch", 0, written)
+
+    rows = {r["format"]: r for r in out.files["s"]}
+    assert rows["safetensors"]["status"] == "verified"
+    for fmt in ("onnx", "torchscript"):
+        assert rows[fmt]["status"] == "refused" and rows[fmt]["storage_key"] is None, rows[fmt]
+        assert "agreement" in rows[fmt]["error"] and "\n" not in rows[fmt]["error"]
+        assert any(f"no {fmt} file" in w for w in out.warnings)
+    assert rows["onnx-int8"]["status"] == "flagged"  # INT8 is never refused: stored, flagged
+    assert out.refused == {"s": {"onnx": rows["onnx"]["error"], "torchscript": rows["torchscript"]["error"]}}
+    assert sorted(k.rsplit("/", 1)[-1] for k in written) == ["calibration.t0.npz", "s.t0.int8.onnx", "s.t0.safetensors"]
+    assert all(storage.exists(k) for k in written) and not (tmp_path / "scratch" / "deliverables").exists()
+    assert set(out.reports["s"]["formats"]) == {"safetensors", "onnx-int8"} and out.reports["s"]["latency"] is None

@@ -101,8 +101,8 @@ def download_weights(
     stored = next((f for f in student.files if f.format == format), None)
     headers: dict[str, str] = {}
     if stored is not None and (stored.status == "refused" or not stored.storage_key or not stored.sha256):
-        raise ApiError(422, "export_refused", f"the {format} file of student {name!r} failed verification when "
-                       f"the job ended and is never served: {stored.error}")
+        raise ApiError(422, "export_refused", f"the {format} file of student {name!r} failed verification (or could "
+                       f"not be exported) when the job ended; it is never served: {stored.error}")
     if stored is not None:
         headers["Dfmscd-Verification"] = stored.status
     if format == NATIVE_FORMAT:  # the student's weights: the row the job's JSON shows (the same file)

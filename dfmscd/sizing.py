@@ -26,8 +26,8 @@ SIZABLE = ("generator_width", "latent_dim", "pool_capacity", "synth_batch_size",
 GPU_BATCH = 256  # Fast-DFKD's synthesis and KD batch on a GPU
 POOL_MAX_BYTES = 512 * 2**20  # the pool's images (uint8) at most; 20,000 images of 3x224x224 would be 3 GiB
 MAX_KD_STEPS = 400  # Fast-DFKD's KD steps per epoch; more leaves the pool too few synthesis rounds to grow
-MIN_SYNTHESIS_SHARE = 0.1  # below this the pool barely grows after warm-up
-MIN_WARMUP_SHARE = 0.05
+MIN_SYNTHESIS_SHARE = 0.15  # below this the pool barely grows after warm-up
+MIN_WARMUP_SHARE = 0.1
 # The balanced preset's warm-up: 10 of 60 epochs, 1/6 of a seconds budget (docs/benchmarks.md, "Preset
 # choices"). With auto_size the share comes from here, not from the config's warmup_epochs, which a
 # run writes back as a derived value: a job restarted before its first checkpoint then plans the same.

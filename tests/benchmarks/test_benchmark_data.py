@@ -164,3 +164,31 @@ def test_baseline_gets_the_same_epochs_and_warmup_as_the_dfmscd_run():
     assert base.warmup_epochs == 1  # at least one epoch of KD
     _, budget = _baseline_config(config, {"epochs": 2, "kd_steps": 15}, "seconds", 45.0)
     assert budget.seconds == 45.0
+
+
+def test_time_budgeted_training_stops_by_its_clock_and_anneals_the_rate(monkeypatch):
+    # A clock that advances one "second" per reading: the loop reads it once before the run and once
+    # per step, so a 10 s budget allows exactly 9 steps whatever the machine's speed.
+    import itertools
+
+    import torch.nn.functional as F
+
+    from benchmarks.train import _fit
+    from dfmscd.models import create_model
+
+    data = load_digits_dataset(seed=0)
+    ticks = itertools.count()
+    model = create_model("resnet8", 10, in_channels=1, image_size=8)
+    rates = []
+    original = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    stats = _fit(model, data, lambda logits, y, _x: F.cross_entropy(logits, y), 1, 0.1, 32, 0.0,
+                 torch.device("cpu"), 0, budget_s=10.0, clock=lambda: float(next(ticks)))
+    assert stats.steps == 9 and stats.images == 9 * 32
+    assert rates[0] == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 0.1)))  # the first step at 1 s of 10
+    assert all(a > b for a, b in zip(rates, rates[1:]))  # cosine, decreasing

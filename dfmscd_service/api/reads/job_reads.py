@@ -26,7 +26,9 @@ from dfmscd_service.core.models import ApiKey, Job, JobStudent
 
 # Labelled with the attribute names (``job_metadata``, not the column's ``metadata``): job_out reads those.
 _JOB_COLUMNS = [getattr(Job, p.key).label(p.key) for p in Job.__mapper__.column_attrs]
-_STUDENT_COLUMNS = [getattr(JobStudent, p.key).label(p.key) for p in JobStudent.__mapper__.column_attrs]
+# Not the student report (kilobytes per student, served by its own route, never in the job's JSON).
+_STUDENT_COLUMNS = [getattr(JobStudent, p.key).label(p.key) for p in JobStudent.__mapper__.column_attrs
+                    if p.key != "report"]
 
 _KEY_AND_VERSION = (
     select(ApiKey.id, ApiKey.owner_id, ApiKey.name, ApiKey.revoked_at,

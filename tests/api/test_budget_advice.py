@@ -13,6 +13,8 @@ from datetime import timedelta
 
 from service_kit import job_body
 
+from dfmscd.config import DistillConfig
+
 from dfmscd_service.core.db import session_scope
 from dfmscd_service.core.measured_costs import figures_from_sizing, record_figures
 from dfmscd_service.core.models import utcnow
@@ -70,14 +72,14 @@ def test_advice_is_unmeasured_then_measured_and_a_short_budget_is_a_warning(clie
     advice = short["advice"]
     assert advice["basis"] == "history" and advice["device"] == DEVICE and DEVICE in advice["source"]
     assert advice["message"].startswith(f"on {DEVICE} this budget buys about ")
-    assert set(advice["kd_updates"]) == {STUDENT} and advice["min_kd_updates"] == 1000
+    assert set(advice["kd_updates"]) == {STUDENT} and advice["min_kd_updates"] == DistillConfig().min_kd_updates
     assert advice["below_floor"] is True and advice["min_budget_s"] > 20
     assert "give at least" in advice["message"] and advice["message"] in short["warnings"]
     assert client.get(f"/v1/jobs/{short['id']}", headers=auth).json()["advice"] == advice
 
     ample = _create(client, auth, teacher, "2h")
     assert ample["advice"]["basis"] == "history" and ample["advice"]["below_floor"] is False
-    assert ample["advice"]["kd_updates"][STUDENT] >= 1000
+    assert ample["advice"]["kd_updates"][STUDENT] >= DistillConfig().min_kd_updates
     assert ample["advice"]["message"] not in ample["warnings"]
 
     # The same device measuring at half the batch in half the time: the same costs, the same advice.

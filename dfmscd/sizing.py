@@ -147,6 +147,26 @@ def calibrated_kd_steps(epoch_synthesis_s: float, kd_step_s: float, share: float
     return int(min(MAX_KD_STEPS, max(1, round(steps))))
 
 
+def replan(costs: Costs, remaining_s: float, done: Sequence[int], share: float, floor: int,
+           names: Sequence[str]) -> Advice:
+    """The rest of a run, from costs measured on its first full epoch: KD steps per epoch at ``share``,
+    or at a smaller share (down to ``MIN_SYNTHESIS_SHARE``) while the rest of the budget would leave a
+    student short of ``floor`` updates (``done``: each student's updates so far)."""
+    lo = min(share, MIN_SYNTHESIS_SHARE)
+    advice = None
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        s = share + (lo - share) * frac
+        kd_steps = kd_steps_for_share(costs, s)
+        epoch_s = costs.generators * costs.synth_step_s + kd_steps * costs.kd_step_s
+        epochs = int(max(0.0, remaining_s) // max(epoch_s, 1e-9))
+        updates = {n: d + epochs * kd_steps * r for n, d, r in zip(names, done, costs.kd_rates)}
+        advice = Advice(epochs, 0, kd_steps, updates, floor, s, 0.0, None, bool(floor) and min(updates.values()) < floor)
+        if not advice.below_floor:
+            break
+    assert advice is not None
+    return advice
+
+
 def _buys(costs: Costs, budget_s: float, share: float, warmup_share: float, names: Sequence[str]) -> tuple[Advice, int]:
     kd_steps = kd_steps_for_share(costs, share)
     train_s = max(0.0, budget_s - costs.overhead_s)
@@ -225,5 +245,5 @@ def _share_of(costs: Costs, kd_steps: int) -> float:
     return synth / max(synth + kd_steps * costs.kd_step_s, 1e-9)
 
 
-__all__ = ["Advice", "Costs", "Plan", "SIZABLE", "budget_for_floor", "calibrated_kd_steps", "costs_from", "format_seconds", "kd_steps_for_share",
+__all__ = ["Advice", "Costs", "Plan", "SIZABLE", "budget_for_floor", "calibrated_kd_steps", "costs_from", "replan", "format_seconds", "kd_steps_for_share",
            "plan_run", "shape_values"]

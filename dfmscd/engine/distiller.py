@@ -58,7 +58,6 @@ from dfmscd.synthesis import (
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
 POOL_ON_DEVICE_MAX_BYTES = 2 * 2**30
-MEASURE_BATCH = 32  # images a cost measurement runs on (scaled to the real batch)
 EMA = 0.5  # smoothing of the per-step duration estimates that keep a seconds budget
 
 
@@ -423,7 +422,8 @@ class Distiller:
         if not self.st.kd_rates:
             rated = self.config.kd_max_rate > 1 and len(self.specs) > 1
             timed = self.budget.seconds is not None
-            kd_ms = self._kd_ms_per_student(repeats=2) if (rated or timed) else []
+            kd_ms = self._kd_ms_per_student() if (rated or timed) else []
+            self._start_kd_ms = kd_ms
             self.st.kd_rates = kd_rates(kd_ms, self.config.kd_max_rate) if rated else [1] * len(self.specs)
             if rated:
                 self._log("KD updates per shared step: " + ", ".join(f"{n} {r}" for n, r in zip(self.names, self.st.kd_rates)))
@@ -440,8 +440,7 @@ class Distiller:
         self._extra_rounds = [[i for i, r in enumerate(rates) if r > k] for k in range(1, max(rates))]
 
     def _teacher_forward_ms(self) -> float:
-        n = min(self.config.kd_batch_size, MEASURE_BATCH)
-        x = torch.zeros(n, *self.card.input_shape, device=self.device)
+        x = torch.zeros(self.config.kd_batch_size, *self.card.input_shape, device=self.device)
         x = x.contiguous(memory_format=self.memory_format)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         with torch.no_grad(), self.students.autocast():
@@ -450,7 +449,7 @@ class Distiller:
             t0 = time.perf_counter()
             self.teacher(x)
             sync()
-        return (time.perf_counter() - t0) * 1000.0 * self.config.kd_batch_size / n
+        return (time.perf_counter() - t0) * 1000.0
 
     def _size_for_budget(self, kd_ms: list[float]) -> None:
         """What the seconds budget buys on this device, and (``auto_size``) the KD steps per epoch and
@@ -459,7 +458,7 @@ class Distiller:
         synth_ms = planning.synthesis_costs_ms(
             teacher=self.teacher, students=self.students.modules, generator=self.mixture.generators[0], config=cfg,
             input_shape=self.card.input_shape, device=self.device, memory_format=self.memory_format,
-            autocast=self.students.autocast, measure_batch=MEASURE_BATCH)
+            autocast=self.students.autocast)
         teacher_ms = self._teacher_forward_ms()
         dump = cfg.model_dump()
         costs0 = sizing.costs_from(dump, kd_ms, teacher_ms, synth_ms, self.st.kd_rates, len(self.mixture), 0.0)
@@ -521,24 +520,37 @@ class Distiller:
         return outcome
 
     def _calibrate(self, synth_s: float, kd_s: float, kd_steps: int) -> None:
-        """After the first epoch with every term on, the KD steps per epoch from what that epoch's
-        synthesis and KD steps really took, at the synthesis share planned at the start. The start's
-        estimate adds up forward and backward passes measured one by one, which leaves out augmentation,
-        the losses, the optimisers and the pool (with a width-16 generator on MNIST synthesis took 0.56 of
-        the time where 0.3 was planned)."""
+        """After the first epoch with every term on, the KD steps per epoch for the rest of the run from
+        what that epoch's synthesis and KD steps really took: at the configured synthesis share, or a
+        smaller one if the rest of the budget would leave a student short of the floor. The start's
+        estimate adds up passes measured one by one, which leaves out augmentation, the losses, the
+        optimisers and the pool (with a width-16 generator on MNIST synthesis took 0.56 of the time
+        where 0.3 was planned), so it only decides the warm-up."""
         if kd_steps <= 0 or synth_s <= 0:
             return
-        share = float(self.sizing["advice"]["synthesis_share"])
-        steps = sizing.calibrated_kd_steps(synth_s, kd_s / kd_steps, share)
-        self.sizing = {**self.sizing, "calibrate": False,
+        rates = self.st.kd_rates or [1] * len(self.names)
+        costs = sizing.Costs(kd_step_s=kd_s / kd_steps, synth_step_s=synth_s / len(self.mixture), warmup_synth_step_s=0.0,
+                             generators=len(self.mixture), kd_rates=tuple(rates))
+        done = [self.st.kd_steps_done * r for r in rates]
+        advice = sizing.replan(costs, self._deadline() - self.elapsed, done, self.config.synthesis_share,
+                               self.config.min_kd_updates, self.names)
+        steps = advice.kd_steps_per_epoch
+        planned = self.config.kd_steps
+        start = self.sizing["advice"]
+        advice = sizing.Advice(self.st.epoch + advice.epochs, start["warmup_epochs"], steps, advice.kd_updates,
+                               advice.min_kd_updates, advice.synthesis_share, start["warmup_share"],
+                               start["min_budget_s"], advice.below_floor)
+        message = advice.message(self.sizing.get("device", str(self.device)))
+        self.sizing = {**self.sizing, "calibrate": False, "advice": advice.to_dict(), "message": message,
+                       "warnings": [message] if advice.below_floor else [],
                        "budget_values": {**self.sizing["budget_values"], "kd_steps": steps},
                        "derived": {**self.sizing["derived"], "kd_steps": steps},
                        "calibrated": {"synthesis_s": synth_s, "kd_step_s": kd_s / kd_steps, "kd_steps": steps,
-                                      "planned_kd_steps": self.config.kd_steps}}
+                                      "planned_kd_steps": planned, "synthesis_share": advice.synthesis_share}}
         self.st.sizing = self.sizing
         self.config = planning.with_values(self.config, {"kd_steps": steps})
-        self._log(f"KD steps per epoch {self.sizing['calibrated']['planned_kd_steps']} -> {steps}: measured on the "
-                  f"first full epoch (synthesis {synth_s:.1f} s, KD step {kd_s / kd_steps:.2f} s, synthesis share {share:.2f})")
+        self._log(f"KD steps per epoch {planned} -> {steps}, measured on the first full epoch (synthesis {synth_s:.1f} s, "
+                  f"KD step {kd_s / kd_steps:.2f} s, synthesis share {advice.synthesis_share:.2f}); {message}")
         self._emit("sizing", {"config": self.config.model_dump(mode="json"), **self.sizing})
 
     def _epoch_metrics(self, images_before: int, synth_before: float) -> dict[str, Any]:
@@ -643,14 +655,13 @@ class Distiller:
     # ------------------------------------------------------------------ result
     def _kd_ms_per_student(self, repeats: int = 1) -> list[float]:
         """Each student's own forward + backward on one KD batch, in ms (dfmscd.costs): which student
-        makes the shared steps slow. Measured on copies, under the run's precision and layout, on up to
-        ``MEASURE_BATCH`` images and scaled to the KD batch (on a CPU the cost per image hardly changes
-        with the batch; measuring a full CIFAR batch cost a 150 s run a tenth of its time)."""
-        n = min(self.config.kd_batch_size, MEASURE_BATCH)
-        x = torch.zeros(n, *self.card.input_shape, device=self.device)
+        makes the shared steps slow. Measured on copies, under the run's precision and layout, at the
+        full batch: measured on 32 images and scaled, an 8x8 mobilenetv2 came out 3x dearer than its
+        real step (per-call overhead dominates small inputs), and a run then sized itself for a budget
+        three times shorter."""
+        x = torch.zeros(self.config.kd_batch_size, *self.card.input_shape, device=self.device)
         with self.students.autocast():
-            ms = measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format), repeats)
-        return [v * self.config.kd_batch_size / n for v in ms]
+            return measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format), repeats)
 
     def _result(self, status: Outcome) -> DistillResult:
         t0 = self._clock()
@@ -667,7 +678,8 @@ class Distiller:
         diversity = pool_diversity(self.teacher, self.pool, lambda u8: self._to_input(u8, augment=False))
         samples, sample_labels = pick_samples(self.pool)
         calibration = pick_calibration(self.pool)
-        kd_ms = self._kd_ms_per_student()  # before the students leave the device
+        # measured at the start when a rate or the budget needed it, else now (before the students leave the device)
+        kd_ms = getattr(self, "_start_kd_ms", None) or self._kd_ms_per_student()
         students = {n: m.cpu().eval().to(memory_format=torch.contiguous_format) for n, m in zip(self.names, self.students.modules)}
         eval_s = self._clock() - t0
         updates = {n: self.st.kd_steps_done * r for n, r in zip(self.names, self.st.kd_rates or [1] * len(self.names))}

@@ -49,12 +49,10 @@ def shape_sized(config: DistillConfig, input_shape: Sequence[int], num_classes: 
 
 def synthesis_costs_ms(*, teacher: nn.Module, students: Sequence[nn.Module], generator: nn.Module,
                        config: DistillConfig, input_shape: Sequence[int], device: torch.device,
-                       memory_format: torch.memory_format, autocast: Any, measure_batch: int) -> dict[str, Any]:
+                       memory_format: torch.memory_format, autocast: Any) -> dict[str, Any]:
     """Milliseconds of one pass (forward and backward to the input) at the synthesis batch: the
-    teacher, each student (frozen, as the generators see them; a list) and one generator; measured
-    on up to ``measure_batch`` images and scaled."""
-    n = min(config.synth_batch_size, measure_batch)
-    scale = config.synth_batch_size / n
+    teacher, each student (frozen, as the generators see them; a list) and one generator."""
+    n = config.synth_batch_size
 
     def images() -> torch.Tensor:
         return torch.zeros(n, *input_shape, device=device).contiguous(memory_format=memory_format)
@@ -66,8 +64,7 @@ def synthesis_costs_ms(*, teacher: nn.Module, students: Sequence[nn.Module], gen
     labels = torch.zeros(n, dtype=torch.long, device=device)
     out["generator"] = measure_backward_ms(
         _Render(generator), lambda: (torch.zeros(n, generator.latent_dim, device=device), labels), device=device)
-    return {"teacher": out["teacher"] * scale, "students": [v * scale for v in out["students"]],
-            "generator": out["generator"] * scale}
+    return out
 
 
 class _Render(nn.Module):

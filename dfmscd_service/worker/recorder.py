@@ -165,7 +165,9 @@ class EventRecorder:
             row = None
         warnings, old_advice = (row[0], row[1]) if row is not None else (None, None)
         # The estimate made at creation gives way to this run's own measurement.
-        dropped = [old_advice.get("message")] if isinstance(old_advice, dict) and old_advice.get("basis") == "history" else []
+        # ... and a run's first estimate to what its first full epoch measured.
+        dropped = ([old_advice.get("message")] if isinstance(old_advice, dict) and old_advice.get("basis") in ("history", "run")
+                   else [])
         device = device_of(data)
         values: dict[str, Any] = {
             "epoch": epoch,

@@ -53,16 +53,18 @@ def test_first_full_epoch_recalibrates_the_kd_steps_and_says_so() -> None:
     from synthetic_task import card, teacher
 
     events = []
-    d = Distiller(teacher(), card(), [StudentSpec("resnet8")], resolve_config("balanced"),
+    d = Distiller(teacher(), card(), [StudentSpec("resnet8")], resolve_config("balanced", {"min_kd_updates": 0}),
                   budget=Budget(seconds=60), callbacks=[events.append])
     d._session_start = d._clock()
     d._setup()
-    d.sizing = {"derived": {"kd_steps": 20}, "budget_values": {"kd_steps": 20}, "calibrate": True,
-                "advice": {"synthesis_share": 0.3}}
+    d.sizing = {"derived": {"kd_steps": 20}, "budget_values": {"kd_steps": 20}, "calibrate": True, "device": "cpu (test)",
+                "advice": {"synthesis_share": 0.3, "warmup_epochs": 2, "warmup_share": 0.1, "min_budget_s": None}}
     d._calibrate(synth_s=12.0, kd_s=4.0, kd_steps=10)  # 12 s of synthesis, 0.4 s a KD step: 70 steps at 0.3
     assert d.config.kd_steps == 70 and d.st.sizing["budget_values"]["kd_steps"] == 70
-    assert d.sizing["calibrated"] == {"synthesis_s": 12.0, "kd_step_s": 0.4, "kd_steps": 70, "planned_kd_steps": 20}
-    assert not d.sizing["calibrate"]
+    assert d.sizing["calibrated"] == {"synthesis_s": 12.0, "kd_step_s": 0.4, "kd_steps": 70, "planned_kd_steps": 20,
+                                      "synthesis_share": 0.3}
+    assert not d.sizing["calibrate"] and d.sizing["advice"]["kd_steps_per_epoch"] == 70
+    assert d.sizing["message"].startswith("on cpu (test) this budget buys")
     sized = [e for e in events if e.kind == "sizing"]
     assert len(sized) == 1 and sized[0].data["config"]["kd_steps"] == 70
     assert any(e.kind == "log" and "20 -> 70" in e.data["message"] for e in events)

@@ -117,3 +117,16 @@ def test_kd_steps_calibrated_on_a_measured_epoch() -> None:
     assert sizing.calibrated_kd_steps(12.0, 0.4, 0.3) == 70
     assert sizing.calibrated_kd_steps(0.01, 10.0, 0.9) == 1
     assert sizing.calibrated_kd_steps(1e6, 0.01, 0.1) == sizing.MAX_KD_STEPS
+
+
+def test_replanning_on_measured_costs_keeps_the_share_or_lowers_it_for_the_floor() -> None:
+    costs = Costs(kd_step_s=0.4, synth_step_s=12.0, warmup_synth_step_s=0.0, generators=1, kd_rates=(1,))
+    # share 0.3: 70 steps, epochs of 12 + 28 = 40 s, 250 of them in 10,000 s: 17,500 updates
+    kept = sizing.replan(costs, 10_000.0, [0], 0.3, 500, ["a"])
+    assert (kept.synthesis_share, kept.kd_steps_per_epoch, kept.epochs, kept.kd_updates) == (0.3, 70, 250, {"a": 17_500})
+    # a floor of 20,000: 0.2625 gives 84 steps x 219 epochs = 18,396; 0.225 103 x 187 = 19,261; 0.1875 130 x 156 = 20,280
+    lowered = sizing.replan(costs, 10_000.0, [0], 0.3, 20_000, ["a"])
+    assert (lowered.synthesis_share, lowered.kd_steps_per_epoch, lowered.kd_updates["a"]) == (0.1875, 130, 20_280)
+    assert not lowered.below_floor
+    short = sizing.replan(costs, 100.0, [7], 0.3, 500, ["a"])
+    assert short.synthesis_share == sizing.MIN_SYNTHESIS_SHARE and short.below_floor and short.kd_updates["a"] >= 7

@@ -78,9 +78,13 @@ class Dashboard:
             ec.visibility_of_element_located((By.CSS_SELECTOR, selector)), f"{selector} never became visible")
 
     def until(self, predicate: Any, what: str, timeout: float = TIMEOUT) -> Any:
+        """Wait for ``predicate()``; elements it reads may be replaced while the page re-renders (a
+        job page polls), so a stale element is one more try, never a failure."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(lambda _d: predicate(), what)
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda _d: predicate(), what)
 
     def fill(self, selector: str, text: str) -> None:
         el = self.visible(selector)

@@ -307,12 +307,15 @@ def test_a_jobs_budget_advice_warnings_and_flagged_student_are_on_its_page(dashb
 
     dash.sign_in(keys["a"])
     dash.go(f"#/jobs/{job_id}")
-    box = dash.visible("#job-advice[data-below-floor='true']")
-    assert short in box.text and f"measured at the start of this run on {device}" in box.text
-    shown = [li.text for li in dash.all("#job-warnings li")]
-    assert shown == [flag, missing]  # the advice's own line is not repeated
-    peer = dash.css("tr[data-student='peer']")
-    assert peer.find_element("css selector", ".badge.flag").is_displayed() and flag in peer.text
+    box = "#job-advice[data-below-floor='true']"
+    dash.visible(box)
+    # the page re-renders as it polls: each read is retried on a fresh element (Dashboard.until)
+    dash.until(lambda: short in dash.css(box).text and f"measured at the start of this run on {device}" in dash.css(box).text,
+               "the advice box with the run's advice")
+    # the advice's own line is not repeated among the warnings
+    dash.until(lambda: [li.text for li in dash.all("#job-warnings li")] == [flag, missing], "the job's warnings")
+    dash.until(lambda: dash.css("tr[data-student='peer'] .badge.flag").is_displayed()
+               and flag in dash.css("tr[data-student='peer']").text, "the flag on the peer student")
     assert dash.all("tr[data-student='small'] .badge.flag") == []
     dash.shoot("job-advice")
     assert dash.console_errors() == []

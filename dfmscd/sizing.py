@@ -167,25 +167,32 @@ def replan(costs: Costs, remaining_s: float, done: Sequence[int], share: float, 
     return advice
 
 
-def _buys(costs: Costs, budget_s: float, share: float, warmup_share: float, names: Sequence[str]) -> tuple[Advice, int]:
+def _buys(costs: Costs, budget_s: float, share: float, warmup_share: float, warmup_cap: int,
+          names: Sequence[str]) -> tuple[Advice, int]:
+    """What ``budget_s`` buys when warm-up ends, as the run ends it, at ``warmup_cap`` epochs or at
+    ``warmup_share`` of the training time, whichever comes first."""
     kd_steps = kd_steps_for_share(costs, share)
     train_s = max(0.0, budget_s - costs.overhead_s)
-    warm_s = train_s * warmup_share
-    warm_epochs = int(warm_s // max(costs.generators * costs.warmup_synth_step_s, 1e-9))
+    warm_step = max(costs.generators * costs.warmup_synth_step_s, 1e-9)
+    warm_epochs = min(warmup_cap, int(train_s * warmup_share // warm_step))
     epoch_s = costs.generators * costs.synth_step_s + kd_steps * costs.kd_step_s
-    kd_epochs = int((train_s - warm_s) // max(epoch_s, 1e-9))
+    kd_epochs = int(max(0.0, train_s - warm_epochs * warm_step) // max(epoch_s, 1e-9))
     updates = {n: kd_epochs * kd_steps * r for n, r in zip(names, costs.kd_rates)}
     advice = Advice(kd_epochs + warm_epochs, warm_epochs, kd_steps, updates, 0, share, warmup_share, None, False)
     return advice, kd_steps
 
 
-def budget_for_floor(costs: Costs, floor: int, share: float, warmup_share: float) -> float:
-    """Seconds that buy the cheapest-rated student ``floor`` updates at these shares."""
+def budget_for_floor(costs: Costs, floor: int, share: float, warmup_share: float, warmup_cap: int | None = None) -> float:
+    """Seconds that buy the cheapest-rated student ``floor`` updates at these shares (the warm-up
+    ending at ``warmup_cap`` epochs or ``warmup_share`` of the time, whichever comes first)."""
     kd_steps = kd_steps_for_share(costs, share)
     epoch_s = costs.generators * costs.synth_step_s + kd_steps * costs.kd_step_s
     per_epoch = kd_steps * min(costs.kd_rates or (1,))
-    kd_epochs = math.ceil(floor / max(per_epoch, 1))
-    return costs.overhead_s + kd_epochs * epoch_s / max(1e-6, 1.0 - warmup_share)
+    kd_s = math.ceil(floor / max(per_epoch, 1)) * epoch_s
+    by_share = kd_s / max(1e-6, 1.0 - warmup_share)
+    if warmup_cap is None:
+        return costs.overhead_s + by_share
+    return costs.overhead_s + min(by_share, kd_s + warmup_cap * costs.generators * costs.warmup_synth_step_s)
 
 
 def plan_run(config: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, cuda: bool,
@@ -212,7 +219,13 @@ def plan_run(config: Mapping[str, Any], input_shape: Sequence[int], num_classes:
     share, warm = default_share, default_warm
     if not auto or "kd_steps" in pinned:
         share = _share_of(costs, int(config["kd_steps"]))
-    advice, kd_steps = _buys(costs, budget_seconds, share, warm, names)
+
+    def warm_cap(w: float) -> int:  # the warm-up epochs the run is given (as written back below)
+        if auto and "warmup_epochs" not in pinned:
+            return max(0, min(epochs - 1, round(w * epochs)))
+        return int(config["warmup_epochs"])
+
+    advice, kd_steps = _buys(costs, budget_seconds, share, warm, warm_cap(warm), names)
     if auto and floor and min(advice.kd_updates.values(), default=0) < floor:
         # Too little time for the floor at the default shares: spend less on synthesis and warm-up,
         # as far as the minimum shares, before giving up and advising a larger budget.
@@ -221,7 +234,7 @@ def plan_run(config: Mapping[str, Any], input_shape: Sequence[int], num_classes:
         for frac in (0.25, 0.5, 0.75, 1.0):
             s = share + (lo_share - share) * frac
             w = warm + (lo_warm - warm) * frac
-            advice, kd_steps = _buys(costs, budget_seconds, s, w, names)
+            advice, kd_steps = _buys(costs, budget_seconds, s, w, warm_cap(w), names)
             if min(advice.kd_updates.values(), default=0) >= floor:
                 break
         if advice.synthesis_share != default_share or advice.warmup_share != default_warm:
@@ -231,9 +244,9 @@ def plan_run(config: Mapping[str, Any], input_shape: Sequence[int], num_classes:
     if auto and "kd_steps" not in pinned:
         values["kd_steps"] = kd_steps
     if auto and "warmup_epochs" not in pinned:
-        values["warmup_epochs"] = max(0, min(epochs - 1, round(advice.warmup_share * epochs)))
+        values["warmup_epochs"] = warm_cap(advice.warmup_share)
     below = bool(floor) and min(advice.kd_updates.values(), default=0) < floor
-    min_budget = budget_for_floor(costs, floor, default_share, default_warm) if floor else None
+    min_budget = budget_for_floor(costs, floor, default_share, default_warm, warm_cap(default_warm)) if floor else None
     advice = Advice(advice.epochs, advice.warmup_epochs, advice.kd_steps_per_epoch, advice.kd_updates, floor,
                     advice.synthesis_share, advice.warmup_share, min_budget, below)
     return Plan(values, advice, notes)

@@ -68,12 +68,12 @@ def test_advice_is_unmeasured_then_measured_and_a_short_budget_is_a_warning(clie
     assert generator.startswith("generator:")
 
     _store(generator, batch=128, scale=1.0)
-    short = _create(client, auth, teacher, "20s")
+    short = _create(client, auth, teacher, "8s")
     advice = short["advice"]
     assert advice["basis"] == "history" and advice["device"] == DEVICE and DEVICE in advice["source"]
     assert advice["message"].startswith(f"on {DEVICE} this budget buys about ")
     assert set(advice["kd_updates"]) == {STUDENT} and advice["min_kd_updates"] == DistillConfig().min_kd_updates
-    assert advice["below_floor"] is True and advice["min_budget_s"] > 20
+    assert advice["below_floor"] is True and advice["min_budget_s"] > 8
     assert "give at least" in advice["message"] and advice["message"] in short["warnings"]
     assert client.get(f"/v1/jobs/{short['id']}", headers=auth).json()["advice"] == advice
 
@@ -84,7 +84,7 @@ def test_advice_is_unmeasured_then_measured_and_a_short_budget_is_a_warning(clie
 
     # The same device measuring at half the batch in half the time: the same costs, the same advice.
     _store(generator, batch=64, scale=0.5, at_offset_s=1.0)
-    again = _create(client, auth, teacher, "20s")["advice"]
+    again = _create(client, auth, teacher, "8s")["advice"]
     assert again["measured_at"] > advice["measured_at"]
     same = ("message", "epochs", "kd_steps_per_epoch", "kd_updates", "below_floor")
     assert {k: again[k] for k in same} == {k: advice[k] for k in same}

@@ -63,9 +63,11 @@ def test_plan_with_enough_budget_keeps_the_default_shares() -> None:
     costs = Costs(kd_step_s=0.5, synth_step_s=2.0, warmup_synth_step_s=1.0, generators=3, kd_rates=(1, 4, 1))
     plan = plan_run(cfg, (1, 8, 8), 10, False, 1200.0, costs, ["a", "b", "c"])
     a = plan.advice
-    # train 1200 s: warm-up 200 s = 66 epochs of 3 s; then epochs of 6 + 28 * 0.5 = 20 s: 50 epochs
-    assert (a.warmup_epochs, a.kd_steps_per_epoch, a.epochs) == (66, 28, 116)
-    assert a.kd_updates == {"a": 50 * 28, "b": 50 * 28 * 4, "c": 50 * 28}
+    # train 1200 s: warm-up ends at 10 epochs of 3 s (before 1/6 of the time, 66 such epochs), as the
+    # run ends it; then epochs of 6 + 28 * 0.5 = 20 s: 1170 s buy 58
+    assert (a.warmup_epochs, a.kd_steps_per_epoch, a.epochs) == (10, 28, 68)
+    assert a.warmup_epochs == plan.values["warmup_epochs"]
+    assert a.kd_updates == {"a": 58 * 28, "b": 58 * 28 * 4, "c": 58 * 28}
     assert plan.values["kd_steps"] == 28 and plan.values["warmup_epochs"] == 10
     assert not a.below_floor and plan.notes == []
     # the floor of 100 at the default shares: ceil(100 / 28) = 4 epochs of 20 s, / (1 - 1/6) = 96 s
@@ -73,11 +75,11 @@ def test_plan_with_enough_budget_keeps_the_default_shares() -> None:
 
 
 def test_a_short_budget_trades_synthesis_and_warmup_for_updates_then_advises() -> None:
-    cfg = _cfg(min_kd_updates=1400)
+    cfg = _cfg(min_kd_updates=1624)
     costs = Costs(kd_step_s=0.5, synth_step_s=2.0, warmup_synth_step_s=1.0, generators=3, kd_rates=(1,))
     plan = plan_run(cfg, (1, 8, 8), 10, False, 1200.0, costs, ["a"])
-    # at the default shares: 50 epochs x 28 = 1400 updates: exactly the floor
-    assert plan.advice.kd_updates == {"a": 1400} and not plan.advice.below_floor
+    # at the default shares: 58 epochs x 28 = 1624 updates: exactly the floor
+    assert plan.advice.kd_updates == {"a": 1624} and not plan.advice.below_floor
     plan = plan_run(_cfg(min_kd_updates=1800), (1, 8, 8), 10, False, 1200.0, costs, ["a"])
     assert plan.advice.synthesis_share < 0.3 and plan.advice.warmup_share < 10 / 60
     assert plan.advice.kd_updates["a"] >= 1800 and not plan.advice.below_floor and plan.notes
@@ -87,6 +89,19 @@ def test_a_short_budget_trades_synthesis_and_warmup_for_updates_then_advises() -
     assert short.advice.synthesis_share == pytest.approx(sizing.MIN_SYNTHESIS_SHARE)
     assert short.advice.min_budget_s > 100.0
     assert "give at least" in short.advice.message("cpu (test)")
+
+
+def test_the_warmup_a_plan_counts_ends_where_the_run_ends_it() -> None:
+    # warm-up epochs far cheaper than the rest: the run stops warm-up at its epoch count, not at 1/6
+    # of the time, and the advice says so (the rest of the time goes to KD epochs)
+    costs = Costs(kd_step_s=0.5, synth_step_s=2.0, warmup_synth_step_s=0.01, generators=3, kd_rates=(1,))
+    plan = plan_run(_cfg(min_kd_updates=0), (1, 8, 8), 10, False, 600.0, costs, ["a"])
+    assert plan.advice.warmup_epochs == plan.values["warmup_epochs"] == 10
+    assert plan.advice.epochs - plan.advice.warmup_epochs == int((600.0 - 10 * 0.03) // 20.0)
+    # warm-up epochs dearer than 1/6 of the time allows: the share ends it first
+    dear = Costs(kd_step_s=0.5, synth_step_s=2.0, warmup_synth_step_s=5.0, generators=3, kd_rates=(1,))
+    plan = plan_run(_cfg(min_kd_updates=0), (1, 8, 8), 10, False, 600.0, dear, ["a"])
+    assert plan.advice.warmup_epochs == int(600.0 / 6 // 15.0) < plan.values["warmup_epochs"]
 
 
 def test_pinned_fields_and_auto_size_off_are_left_alone() -> None:

@@ -169,6 +169,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         reset_first_layer_epoch=None,
         # MNIST validation split, 300 CPU-s, seed 0 (docs/benchmarks.md, "Sizing rules"): lenet5_half/resnet8/
         # wrn_16_1 val .939/.926/.958 at 0.1 against .919/.865/.931 at 0.05 and .891/.950/.938 at 0.2.
+        # With auto_size, inputs up to 16x16 get half of it (dfmscd.sizing.SMALL_INPUT_LR_SCALE).
         lr_s=0.1,
         temperature=4.0,
         pool_capacity=20_000,

@@ -32,6 +32,11 @@ MIN_WARMUP_SHARE = 0.1
 # choices"). With auto_size the share comes from here, not from the config's warmup_epochs, which a
 # run writes back as a derived value: a job restarted before its first checkpoint then plans the same.
 WARMUP_SHARE = 10 / 60
+# Up to 16x16 the students learn at half the preset's rate: the digits preset's 0.05. On 8x8 digits the
+# preset's 0.1 (chosen on MNIST) cost mobilenetv2 ten points of validation accuracy (docs/benchmarks.md,
+# "Sizing rules").
+SMALL_INPUT_SIDE = 16
+SMALL_INPUT_LR_SCALE = 0.5
 
 
 @dataclass(frozen=True)
@@ -101,22 +106,27 @@ def shape_values(config: Mapping[str, Any], input_shape: Sequence[int], num_clas
       more than the teacher's forward pass (width 64 at 32x32: ~115 M multiply-adds per image against
       resnet20's ~41 M). The latent has room for the class embedding (at least the next power of
       two above the class count).
+    * Students' learning rate: half the preset's up to 16x16 (the digits preset's rate), the preset's above.
     * Batches: on a GPU Fast-DFKD's 256 (synthesis and KD), with the students' learning rate
       scaled linearly from the preset's batch; on a CPU the preset's.
     * Pool: the preset's capacity, but never more than 512 MiB of images.
     """
     c, h, w = (int(v) for v in input_shape)
-    if h <= 16:
+    small = max(h, w) <= SMALL_INPUT_SIDE
+    if small:
         width, latent = 32, 64
     else:
         width, latent = (64, 256) if cuda else (32, 128)
     latent = max(latent, 2 ** math.ceil(math.log2(max(2, num_classes))))
     values: dict[str, Any] = {"generator_width": width, "latent_dim": latent,
                               "pool_capacity": max(256, min(int(config["pool_capacity"]), POOL_MAX_BYTES // (c * h * w)))}
+    lr_s = float(config["lr_s"]) * (SMALL_INPUT_LR_SCALE if small else 1.0)
+    if small:
+        values["lr_s"] = lr_s
     if cuda:
         kd_batch = max(int(config["kd_batch_size"]), GPU_BATCH)
         values.update(synth_batch_size=max(int(config["synth_batch_size"]), GPU_BATCH), kd_batch_size=kd_batch,
-                      lr_s=float(config["lr_s"]) * kd_batch / int(config["kd_batch_size"]))
+                      lr_s=lr_s * kd_batch / int(config["kd_batch_size"]))
     return values
 
 

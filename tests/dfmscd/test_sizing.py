@@ -27,7 +27,9 @@ def test_shape_rules_keep_the_digits_preset_and_scale_up() -> None:
     cfg = _cfg()
     assert shape_values(cfg, (1, 8, 8), 10, cuda=False) == {
         "generator_width": PRESETS["balanced"]["generator_width"], "latent_dim": PRESETS["balanced"]["latent_dim"],
-        "pool_capacity": PRESETS["balanced"]["pool_capacity"]}
+        "pool_capacity": PRESETS["balanced"]["pool_capacity"],
+        "lr_s": pytest.approx(PRESETS["balanced"]["lr_s"] * sizing.SMALL_INPUT_LR_SCALE)}  # the digits preset's 0.05
+    assert "lr_s" not in shape_values(cfg, (1, 28, 28), 10, cuda=False)  # MNIST and up: the preset's rate
     cifar_cpu = shape_values(cfg, (3, 32, 32), 10, cuda=False)
     assert (cifar_cpu["generator_width"], cifar_cpu["latent_dim"]) == (32, 128)
     cifar_gpu = shape_values(cfg, (3, 32, 32), 10, cuda=True)

@@ -151,12 +151,6 @@ def kd_steps_for_share(costs: Costs, share: float) -> int:
     return int(min(MAX_KD_STEPS, max(1, round(steps))))
 
 
-def calibrated_kd_steps(epoch_synthesis_s: float, kd_step_s: float, share: float) -> int:
-    """KD steps per epoch at ``share`` from one epoch's measured synthesis time and KD step time."""
-    steps = epoch_synthesis_s * (1.0 - share) / max(share, 1e-6) / max(kd_step_s, 1e-9)
-    return int(min(MAX_KD_STEPS, max(1, round(steps))))
-
-
 def replan(costs: Costs, remaining_s: float, done: Sequence[int], share: float, floor: int,
            names: Sequence[str]) -> Advice:
     """The rest of a run, from costs measured on its first full epoch: KD steps per epoch at ``share``,
@@ -268,5 +262,5 @@ def _share_of(costs: Costs, kd_steps: int) -> float:
     return synth / max(synth + kd_steps * costs.kd_step_s, 1e-9)
 
 
-__all__ = ["Advice", "Costs", "Plan", "SIZABLE", "budget_for_floor", "calibrated_kd_steps", "costs_from", "replan", "format_seconds", "kd_steps_for_share",
+__all__ = ["Advice", "Costs", "Plan", "SIZABLE", "budget_for_floor", "costs_from", "replan", "format_seconds", "kd_steps_for_share",
            "plan_run", "shape_values"]

@@ -6,10 +6,11 @@ job row is written as it comes but progress *events* at most every ``PROGRESS_EV
 metrics events at most every ``METRICS_EVENT_S`` (the last one is always flushed).
 A database hiccup drops an event (logged) rather than failing a run that may have taken hours.
 
-The ``sizing`` event (a seconds budget's first start, and again once its first full epoch has measured the KD steps per epoch) also writes back what the run derived: the
-effective config into the job's stored config (a resumed run then reads it, and the checkpoint's
-fingerprint ignores derived fields), its warnings and advice onto the job, and the measured costs
-into ``measured_costs`` for the API's advice on later jobs.
+The ``sizing`` event (a seconds budget's first start, and again once its first full epoch has
+measured the KD steps per epoch) also writes back what the run derived: the effective config into
+the job's stored config (a resumed run then reads it, and the checkpoint's fingerprint ignores
+derived fields), its warnings and advice onto the job, and the measured costs into
+``measured_costs`` for the API's advice on later jobs.
 """
 
 from __future__ import annotations

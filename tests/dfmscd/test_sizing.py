@@ -129,13 +129,6 @@ def test_config_rejects_bad_sizing_values() -> None:
         DistillConfig(min_kd_updates=-1)
 
 
-def test_kd_steps_calibrated_on_a_measured_epoch() -> None:
-    # an epoch synthesized for 12 s; KD steps take 0.4 s; at share 0.3 KD gets 28 s = 70 steps
-    assert sizing.calibrated_kd_steps(12.0, 0.4, 0.3) == 70
-    assert sizing.calibrated_kd_steps(0.01, 10.0, 0.9) == 1
-    assert sizing.calibrated_kd_steps(1e6, 0.01, 0.1) == sizing.MAX_KD_STEPS
-
-
 def test_replanning_on_measured_costs_keeps_the_share_or_lowers_it_for_the_floor() -> None:
     costs = Costs(kd_step_s=0.4, synth_step_s=12.0, warmup_synth_step_s=0.0, generators=1, kd_rates=(1,))
     # share 0.3: 70 steps, epochs of 12 + 28 = 40 s, 250 of them in 10,000 s: 17,500 updates

@@ -151,6 +151,11 @@ def kd_steps_for_share(costs: Costs, share: float) -> int:
     return int(min(MAX_KD_STEPS, max(1, round(steps))))
 
 
+def _epoch_s(costs: Costs, kd_steps: int) -> float:
+    """Seconds of one epoch after warm-up: every generator's synthesis step and ``kd_steps`` KD steps."""
+    return costs.generators * costs.synth_step_s + kd_steps * costs.kd_step_s
+
+
 def replan(costs: Costs, remaining_s: float, done: Sequence[int], share: float, floor: int,
            names: Sequence[str]) -> Advice:
     """The rest of a run, from costs measured on its first full epoch: KD steps per epoch at ``share``,
@@ -161,8 +166,7 @@ def replan(costs: Costs, remaining_s: float, done: Sequence[int], share: float, 
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         s = share + (lo - share) * frac
         kd_steps = kd_steps_for_share(costs, s)
-        epoch_s = costs.generators * costs.synth_step_s + kd_steps * costs.kd_step_s
-        epochs = int(max(0.0, remaining_s) // max(epoch_s, 1e-9))
+        epochs = int(max(0.0, remaining_s) // max(_epoch_s(costs, kd_steps), 1e-9))
         updates = {n: d + epochs * kd_steps * r for n, d, r in zip(names, done, costs.kd_rates)}
         advice = Advice(epochs, 0, kd_steps, updates, floor, s, 0.0, None, bool(floor) and min(updates.values()) < floor)
         if not advice.below_floor:
@@ -179,23 +183,19 @@ def _buys(costs: Costs, budget_s: float, share: float, warmup_share: float, warm
     train_s = max(0.0, budget_s - costs.overhead_s)
     warm_step = max(costs.generators * costs.warmup_synth_step_s, 1e-9)
     warm_epochs = min(warmup_cap, int(train_s * warmup_share // warm_step))
-    epoch_s = costs.generators * costs.synth_step_s + kd_steps * costs.kd_step_s
-    kd_epochs = int(max(0.0, train_s - warm_epochs * warm_step) // max(epoch_s, 1e-9))
+    kd_epochs = int(max(0.0, train_s - warm_epochs * warm_step) // max(_epoch_s(costs, kd_steps), 1e-9))
     updates = {n: kd_epochs * kd_steps * r for n, r in zip(names, costs.kd_rates)}
     advice = Advice(kd_epochs + warm_epochs, warm_epochs, kd_steps, updates, 0, share, warmup_share, None, False)
     return advice, kd_steps
 
 
-def budget_for_floor(costs: Costs, floor: int, share: float, warmup_share: float, warmup_cap: int | None = None) -> float:
+def budget_for_floor(costs: Costs, floor: int, share: float, warmup_share: float, warmup_cap: int) -> float:
     """Seconds that buy the cheapest-rated student ``floor`` updates at these shares (the warm-up
     ending at ``warmup_cap`` epochs or ``warmup_share`` of the time, whichever comes first)."""
     kd_steps = kd_steps_for_share(costs, share)
-    epoch_s = costs.generators * costs.synth_step_s + kd_steps * costs.kd_step_s
     per_epoch = kd_steps * min(costs.kd_rates or (1,))
-    kd_s = math.ceil(floor / max(per_epoch, 1)) * epoch_s
+    kd_s = math.ceil(floor / max(per_epoch, 1)) * _epoch_s(costs, kd_steps)
     by_share = kd_s / max(1e-6, 1.0 - warmup_share)
-    if warmup_cap is None:
-        return costs.overhead_s + by_share
     return costs.overhead_s + min(by_share, kd_s + warmup_cap * costs.generators * costs.warmup_synth_step_s)
 
 

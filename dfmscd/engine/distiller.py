@@ -185,6 +185,7 @@ class Distiller:
         self.norm_std = torch.tensor(card.std, device=dev).view(1, -1, 1, 1)
         self._set_warmup()
         self.sizing: dict[str, Any] = {"derived": dict(self.shape_values)}
+        self._start_kd_ms: list[float] = []  # each student's KD step, when the start measured it
         self.st = RunState(last_losses=[None] * len(self.specs))  # everything here is checkpointed
         self.resumed_from: int | None = None
         self._cancelled = False
@@ -653,7 +654,7 @@ class Distiller:
             self.hooks.remove()
 
     # ------------------------------------------------------------------ result
-    def _kd_ms_per_student(self, repeats: int = 1) -> list[float]:
+    def _kd_ms_per_student(self) -> list[float]:
         """Each student's own forward + backward on one KD batch, in ms (dfmscd.costs): which student
         makes the shared steps slow. Measured on copies, under the run's precision and layout, at the
         full batch: measured on 32 images and scaled, an 8x8 mobilenetv2 came out 3x dearer than its
@@ -661,7 +662,7 @@ class Distiller:
         three times shorter."""
         x = torch.zeros(self.config.kd_batch_size, *self.card.input_shape, device=self.device)
         with self.students.autocast():
-            return measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format), repeats)
+            return measure_kd_step_ms(self.students.modules, x.to(memory_format=self.memory_format))
 
     def _result(self, status: Outcome) -> DistillResult:
         t0 = self._clock()
@@ -679,7 +680,7 @@ class Distiller:
         samples, sample_labels = pick_samples(self.pool)
         calibration = pick_calibration(self.pool)
         # measured at the start when a rate or the budget needed it, else now (before the students leave the device)
-        kd_ms = getattr(self, "_start_kd_ms", None) or self._kd_ms_per_student()
+        kd_ms = self._start_kd_ms or self._kd_ms_per_student()
         students = {n: m.cpu().eval().to(memory_format=torch.contiguous_format) for n, m in zip(self.names, self.students.modules)}
         eval_s = self._clock() - t0
         updates = {n: self.st.kd_steps_done * r for n, r in zip(self.names, self.st.kd_rates or [1] * len(self.names))}
